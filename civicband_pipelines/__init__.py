@@ -1,0 +1,1 @@
+"""Keeps a local database of civic.band meeting pages in exact sync, orchestrated by Dagster."""

@@ -1,0 +1,59 @@
+"""Per-partition asset check on `meeting_pages`: the local copy must equal upstream exactly."""
+
+import warnings
+
+import dagster as dg
+
+from .assets import meeting_pages
+from .partitions import meeting_page_partitions, split_partition_key
+from .resources import CivicBandResource, MeetingStoreResource
+from .verify import MAX_NAMED_DOCUMENTS, Verification, verify_counts, verify_ids
+
+# Partitioned asset checks are a preview feature in Dagster 1.13; we rely on them deliberately.
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+
+@dg.asset_check(
+    asset=meeting_pages,
+    name="matches_upstream",
+    partitions_def=meeting_page_partitions,
+    description=(
+        "Exact: upstream rows (SQL count, not the capped _extra=count) = local pages + rejected rows. "
+        "On a mismatch, ids are compared to name the missing, stale and extra documents."
+    ),
+)
+def matches_upstream(
+    context: dg.AssetCheckExecutionContext, civicband: CivicBandResource, meeting_store: MeetingStoreResource
+) -> dg.AssetCheckResult:
+    municipality, document_type = split_partition_key(context.partition_key)
+    store = meeting_store.store()
+    with civicband.client() as client:
+        result = verify_counts(client, store, municipality, document_type)
+        if not result.passed:
+            result = verify_ids(client, store, municipality, document_type)
+    store.record_verification(municipality, document_type, result.expected, result.actual, result.verified_at)
+    context.log.info(result.summary())
+    return dg.AssetCheckResult(passed=result.passed, metadata=verification_metadata(result))
+
+
+def verification_metadata(result: Verification) -> dict:
+    metadata = {
+        "expected": result.expected,
+        "actual": result.actual,
+        "rejected": result.rejected,
+        "missing": result.missing,
+        "extra": result.extra,
+        "verified_at": dg.MetadataValue.timestamp(result.verified_at),
+        "compared_ids": result.deep,
+    }
+    for kind, names in result.documents().items():
+        if names:
+            metadata[f"{kind}_documents"] = dg.MetadataValue.md(_bullets(names))
+    return metadata
+
+
+def _bullets(names: list[str]) -> str:
+    shown = [f"- {name}" for name in names[:MAX_NAMED_DOCUMENTS]]
+    if len(names) > MAX_NAMED_DOCUMENTS:
+        shown.append(f"- ... and {len(names) - MAX_NAMED_DOCUMENTS} more")
+    return "\n".join(shown)

@@ -1,0 +1,200 @@
+"""`civicband`: the command line, mirroring the original `resilient_backfill` management command."""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import dagster as dg
+import httpx
+
+from .client import CivicBandClient, TransientError, UpstreamError
+from .config import civicband_home, database_url_from_env
+from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
+from .partitions import MUNICIPALITY, partition_tags
+from .resources import open_store
+
+RESUMABLE = ("failed", "paused")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (InvalidSubdomain, UpstreamError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (TransientError, httpx.HTTPError) as error:
+        print(f"error: civic.band did not answer after retries: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="civicband", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    backfill = commands.add_parser("backfill", help="sync partitions of meeting_pages in the foreground")
+    backfill.add_argument("--subdomain", required=True, help="a municipality such as oakland.ca, or 'all'")
+    backfill.add_argument("--document-type", choices=DOCUMENT_TYPES, help="default: both")
+    backfill.add_argument("--batch-size", type=int, default=1000, help="rows per request and commit (1-1000)")
+    mode = backfill.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed or was paused")
+    mode.add_argument("--restart", action="store_true", help="ignore saved cursors and start new full syncs")
+    mode.add_argument("--verify-only", action="store_true", help="fetch nothing; verify as `civicband verify` does")
+    backfill.set_defaults(handler=_backfill)
+
+    verify = commands.add_parser("verify", help="compare partitions with upstream exactly; exit 1 on a mismatch")
+    verify.add_argument("--subdomain", required=True, help="a municipality such as oakland.ca, or 'all'")
+    verify.add_argument("--document-type", choices=DOCUMENT_TYPES, help="default: both")
+    verify.set_defaults(handler=_verify)
+
+    status = commands.add_parser("status", help="print the job table")
+    status.set_defaults(handler=_status)
+
+    munis = commands.add_parser("municipalities", help="register municipalities (new partitions)")
+    munis_commands = munis.add_subparsers(required=True, metavar="ACTION")
+    add = munis_commands.add_parser("add", help="register subdomains that civic.band has")
+    add.add_argument("subdomains", nargs="*", metavar="SUBDOMAIN")
+    add.add_argument("--file", type=argparse.FileType("r"), help="a file with one subdomain per line")
+    add.set_defaults(handler=_municipalities_add)
+    return parser
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    if args.verify_only:
+        return _verify(args)
+    if not 1 <= args.batch_size <= 1000:
+        print("error: --batch-size must be between 1 and 1000", file=sys.stderr)
+        return 2
+    instance = dagster_instance()
+    partitions = _partitions(instance, args)
+    if args.resume:
+        store = open_store(database_url_from_env())
+        partitions = [(m, d) for m, d in partitions if (store.job(m, d) or {}).get("status") in RESUMABLE]
+    if not partitions:
+        print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))
+        return 0
+    run_config = {"ops": {"meeting_pages": {"config": {"batch_size": args.batch_size, "restart": args.restart}}}}
+    failed = [p for p in partitions if not _run(instance, "meeting_pages_job", p, run_config).success]
+    _print_jobs(partitions)
+    print(f"{len(partitions) - len(failed)} of {len(partitions)} partitions synced and verified")
+    for municipality, document_type in failed:
+        print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    instance = dagster_instance()
+    partitions = _partitions(instance, args)
+    failures = 0
+    for partition in partitions:
+        result = _run(instance, "verify_job", partition, {})
+        evaluations = result.get_asset_check_evaluations() if result.success else []
+        failures += not (evaluations and evaluations[0].passed)
+        print(_verification_line(partition, evaluations[0] if evaluations else None))
+    print(f"{len(partitions) - failures} of {len(partitions)} partitions match upstream exactly")
+    return 1 if failures else 0
+
+
+def _verification_line(partition: tuple[str, str], evaluation) -> str:
+    name = "/".join(partition)
+    if evaluation is None:
+        return f"{name}: ERROR could not verify (see the run's logs)"
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    line = (f"{name}: {'OK' if evaluation.passed else 'MISMATCH'} expected {meta['expected']}, actual {meta['actual']}, "
+            f"rejected {meta['rejected']}, missing {meta['missing']}, extra {meta['extra']}")
+    details = [f"  {kind.replace('_documents', '')}: {text.strip()}" for kind, text in meta.items() if kind.endswith("_documents")]
+    return "\n".join([line, *details])
+
+
+def _partitions(instance: dg.DagsterInstance, args: argparse.Namespace) -> list[tuple[str, str]]:
+    subdomains = _registered(instance) if args.subdomain == "all" else _register(instance, [args.subdomain])
+    types = [args.document_type] if args.document_type else list(DOCUMENT_TYPES)
+    return [(m, d) for m in subdomains for d in types]
+
+
+def _run(instance: dg.DagsterInstance, job_name: str, partition: tuple[str, str], run_config: dict):
+    """Execute a job for one partition in this process, recorded in the instance (visible in the UI)."""
+    from .definitions import defs  # imported late: loading Dagster definitions is slow
+
+    print(f"==> {job_name} {'/'.join(partition)}", flush=True)
+    # The partition goes in as run tags: execute_in_process(partition_key=...) rejects jobs that
+    # select only asset checks (Dagster 1.13 looks for a partitioned asset in the selection).
+    return defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance,
+        run_config={**run_config, "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        tags={**partition_tags(*partition), "civicband/trigger": "cli"},
+        raise_on_error=False,
+    )
+
+
+def _status(_args: argparse.Namespace) -> int:
+    _print_jobs(None)
+    return 0
+
+
+def _municipalities_add(args: argparse.Namespace) -> int:
+    subdomains = list(args.subdomains) + ([s.strip() for s in args.file if s.strip() and not s.startswith("#")] if args.file else [])
+    if not subdomains:
+        print("error: name at least one subdomain, or --file", file=sys.stderr)
+        return 2
+    for subdomain in _register(dagster_instance(), subdomains):
+        print(f"registered {subdomain}")
+    return 0
+
+
+def dagster_instance() -> dg.DagsterInstance:
+    """The instance at DAGSTER_HOME (default CIVICBAND_HOME/dagster), so CLI runs show in the UI."""
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(civicband_home() / "dagster")
+    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def _registered(instance: dg.DagsterInstance) -> list[str]:
+    return sorted(instance.get_dynamic_partitions(MUNICIPALITY))
+
+
+def _register(instance: dg.DagsterInstance, subdomains: list[str]) -> list[str]:
+    """Validate subdomains and register those not yet known, after checking that civic.band has them."""
+    subdomains = [validate_subdomain(s) for s in subdomains]
+    known = set(_registered(instance))
+    new = [s for s in dict.fromkeys(subdomains) if s not in known]
+    if new:
+        with CivicBandClient() as client:
+            for subdomain in new:
+                client.count(subdomain, DOCUMENT_TYPES[0])  # raises UnknownMunicipality
+        store = open_store(database_url_from_env())
+        for subdomain in new:
+            store.upsert_municipality(subdomain, {})
+        instance.add_dynamic_partitions(MUNICIPALITY, new)
+    return subdomains
+
+
+def _print_jobs(partitions: list[tuple[str, str]] | None) -> None:
+    jobs = open_store(database_url_from_env()).jobs()
+    if partitions is not None:
+        jobs = [j for j in jobs if (j["municipality"], j["document_type"]) in set(partitions)]
+    columns = ("municipality", "document_type", "status", "pages_fetched", "pages_created", "pages_updated",
+               "pages_deleted", "rejected_count", "expected_count", "actual_count", "verified_at", "last_error")
+    print(format_table(columns, [[_cell(job[c]) for c in columns] for job in jobs]))
+
+
+def format_table(columns: Sequence[str], rows: list[list[str]]) -> str:
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines) if rows else lines[0] + "\n(no jobs yet)"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

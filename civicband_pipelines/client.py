@@ -1,0 +1,180 @@
+"""HTTP client for civic.band's Datasette API: keyset pages, exact counts, retries with backoff."""
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from .config import ClientSettings
+from .naming import TABLES, validate_subdomain
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 1000  # Datasette answers 400 above this
+MAX_RETRY_AFTER = 300.0
+
+
+class UpstreamError(Exception):
+    """civic.band refused the request for good (a 4xx other than 402/429): retrying won't help."""
+
+
+class UnknownMunicipality(UpstreamError):
+    """civic.band has no site for this subdomain (it redirects to https://civic.band/)."""
+
+
+class TransientError(Exception):
+    """A failure worth retrying: 5xx, 429, 402 rate limit, or a broken body."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+RETRYABLE = (TransientError, httpx.TimeoutException, httpx.TransportError)
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict]
+    next_cursor: str | None
+
+
+class CivicBandClient:
+    def __init__(self, settings: ClientSettings | None = None):
+        self.settings = settings or ClientSettings.from_env()
+        headers = {"Accept": "application/json", "User-Agent": "civicband-pipelines"}
+        if self.settings.service_secret:
+            headers["X-Service-Secret"] = self.settings.service_secret
+        # Redirects are never followed: the only one civic.band sends means "no such municipality".
+        self._http = httpx.Client(timeout=self.settings.timeout, headers=headers, follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "CivicBandClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def site_url(self, subdomain: str) -> str:
+        return self.settings.base_url.format(subdomain=validate_subdomain(subdomain)).rstrip("/")
+
+    def fetch_page(
+        self,
+        subdomain: str,
+        document_type: str,
+        size: int,
+        cursor: str | None,
+        *,
+        columns: tuple[str, ...] = (),
+        filters: dict[str, str] | None = None,
+    ) -> Page:
+        """One keyset page of a table in primary-key order; `cursor` is the previous page's `next`.
+
+        `columns` limits the columns (`_col`), `filters` are Datasette filters such as
+        {"date__gte": "2025-01-01"}.
+        """
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise ValueError(f"batch size must be between 1 and {MAX_PAGE_SIZE}, got {size}")
+        params = [("_size", str(size)), *(("_col", c) for c in columns), *(filters or {}).items()]
+        if cursor is not None:
+            params.append(("_next", cursor))
+        body = self._get_json(subdomain, f"/meetings/{TABLES[document_type]}.json", params)
+        rows, next_cursor = body.get("rows"), body.get("next")
+        if not isinstance(rows, list) or not (next_cursor is None or isinstance(next_cursor, str)):
+            raise TransientError("malformed page: 'rows' is not a list or 'next' is not a string")
+        return Page(rows=rows, next_cursor=next_cursor)
+
+    def iter_pages(self, subdomain: str, document_type: str, size: int, cursor: str | None = None, **options) -> Iterator[Page]:
+        while True:
+            page = self.fetch_page(subdomain, document_type, size, cursor, **options)
+            yield page
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def query(self, subdomain: str, sql: str) -> list[dict]:
+        """Rows of a read-only SQL query (civic.band allows SQL; used for exact counts)."""
+        body = self._get_json(subdomain, "/meetings/-/query.json", [("sql", sql), ("_size", "max")])
+        rows = body.get("rows")
+        if not isinstance(rows, list):
+            raise TransientError("malformed query answer: 'rows' is not a list")
+        return rows
+
+    def count(self, subdomain: str, document_type: str) -> int:
+        """Exact row count (`_extra=count` is capped at 10001, so SQL it is)."""
+        rows = self.query(subdomain, f"select count(*) as n from {TABLES[document_type]}")
+        try:
+            return int(rows[0]["n"])
+        except (IndexError, KeyError, TypeError, ValueError):
+            raise TransientError(f"malformed count answer: {rows!r}") from None
+
+    def _get_json(self, subdomain: str, path: str, params: list[tuple[str, str]]) -> dict:
+        url = self.site_url(subdomain) + path
+        for attempt in Retrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            stop=stop_after_attempt(self.settings.retries + 1),
+            wait=self._wait,
+            before_sleep=_log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                return self._get_once(subdomain, url, params)
+        raise AssertionError("unreachable")
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = self.settings.backoff * 2 ** (state.attempt_number - 1)
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        return max(backoff, min(retry_after, MAX_RETRY_AFTER)) if retry_after is not None else backoff
+
+    def _get_once(self, subdomain: str, url: str, params: list[tuple[str, str]]) -> dict:
+        response = self._http.get(url, params=params)
+        status = response.status_code
+        if 300 <= status < 400:
+            raise UnknownMunicipality(
+                f"no such municipality on civic.band: {subdomain!r} "
+                f"(HTTP {status} redirect to {response.headers.get('location', '?')})"
+            )
+        if status == 429:
+            raise TransientError("HTTP 429 Too Many Requests", _retry_after(response))
+        if status == 402:
+            raise TransientError("HTTP 402 rate limit exceeded (set CIVICBAND_SERVICE_SECRET to lift it)")
+        if status >= 500:
+            raise TransientError(f"HTTP {status} from {url}")
+        body = _parse_json(response)
+        if status >= 400 or body.get("ok") is False:
+            raise UpstreamError(f"civic.band refused {response.request.url}: HTTP {status}: {body.get('error', body)}")
+        return body
+
+
+def _parse_json(response: httpx.Response) -> dict:
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        if 400 <= response.status_code < 500:
+            raise UpstreamError(f"civic.band refused {response.request.url}: HTTP {response.status_code}") from None
+        raise TransientError(f"invalid JSON from {response.request.url} ({len(response.content)} bytes)") from None
+    if not isinstance(body, dict):
+        raise TransientError(f"unexpected JSON from {response.request.url}: not an object")
+    return body
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _log_retry(state: RetryCallState) -> None:
+    log.warning(
+        "civic.band request failed (%s), retry %d in %.1f s",
+        state.outcome.exception() if state.outcome else "?",
+        state.attempt_number,
+        state.next_action.sleep if state.next_action else 0,
+    )

@@ -1,0 +1,40 @@
+"""Settings read from the environment, with the documented defaults."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BASE_URL = "https://{subdomain}.civic.band"
+
+
+def civicband_home() -> Path:
+    """Where the embedded default keeps its files (CIVICBAND_HOME, default ~/.civicband)."""
+    return Path(os.environ.get("CIVICBAND_HOME") or Path.home() / ".civicband").expanduser()
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{civicband_home() / 'meetings.db'}"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    base_url: str = DEFAULT_BASE_URL
+    service_secret: str | None = None
+    timeout: float = 120.0
+    retries: int = 3  # retries after the first attempt: waits of 1 s, 2 s, 4 s
+    backoff: float = 1.0  # first wait in seconds; doubles per retry
+
+    @classmethod
+    def from_env(cls) -> "ClientSettings":
+        env = os.environ
+        return cls(
+            base_url=env.get("CIVICBAND_BASE_URL") or DEFAULT_BASE_URL,
+            service_secret=env.get("CIVICBAND_SERVICE_SECRET") or None,
+            timeout=float(env.get("CIVICBAND_HTTP_TIMEOUT") or 120),
+            retries=int(env.get("CIVICBAND_HTTP_RETRIES") or 3),
+            backoff=float(env.get("CIVICBAND_HTTP_BACKOFF") or 1.0),
+        )
+
+
+def database_url_from_env() -> str:
+    return os.environ.get("CIVICBAND_DATABASE_URL") or default_database_url()

@@ -1,0 +1,41 @@
+"""The coverage report: one row per partition, as a pandas table, UI metadata and a CSV file."""
+
+import pandas as pd
+
+from .naming import DOCUMENT_TYPES
+from .store import MeetingStore
+
+COLUMNS = ["municipality", "document_type", "status", "expected", "actual", "missing", "last_sync", "last_verified"]
+
+
+def coverage_frame(store: MeetingStore) -> pd.DataFrame:
+    """Every registered partition, synced or not; `missing` is upstream minus local (rejected rows aside)."""
+    jobs = pd.DataFrame(store.jobs(), columns=[
+        "municipality", "document_type", "status", "expected_count", "actual_count", "rejected_count",
+        "finished_at", "verified_at",
+    ])
+    partitions = pd.DataFrame(
+        [(m, d) for m in store.municipality_subdomains() for d in DOCUMENT_TYPES],
+        columns=["municipality", "document_type"],
+    )
+    frame = partitions.merge(jobs, how="outer", on=["municipality", "document_type"])
+    frame["status"] = frame["status"].fillna("never synced")
+    frame["missing"] = (frame["expected_count"] - frame["rejected_count"] - frame["actual_count"]).astype("Int64")
+    frame = frame.rename(columns={
+        "expected_count": "expected", "actual_count": "actual", "finished_at": "last_sync", "verified_at": "last_verified",
+    })
+    for column in ("expected", "actual"):
+        frame[column] = frame[column].astype("Int64")
+    return frame[COLUMNS].sort_values(["municipality", "document_type"]).reset_index(drop=True)
+
+
+def coverage_summary(frame: pd.DataFrame) -> dict:
+    verified = frame["missing"].notna()
+    return {
+        "partitions": len(frame),
+        "partitions_completed": int((frame["status"] == "completed").sum()),
+        "partitions_verified_exact": int((verified & (frame["missing"] == 0)).sum()),
+        "partitions_with_missing_pages": int((frame["missing"].fillna(0) > 0).sum()),
+        "pages_local": int(frame["actual"].fillna(0).sum()),
+        "pages_expected": int(frame["expected"].fillna(0).sum()),
+    }

@@ -1,0 +1,29 @@
+"""The Dagster code location: `dagster dev -m civicband_pipelines.definitions`."""
+
+import dagster as dg
+
+from .assets import coverage_report, meeting_pages
+from .checks import matches_upstream
+from .partitions import meeting_page_partitions
+from .resources import CivicBandResource, MeetingStoreResource
+
+meeting_pages_job = dg.define_asset_job(
+    "meeting_pages_job",
+    selection=dg.AssetSelection.assets(meeting_pages),  # with its check
+    partitions_def=meeting_page_partitions,
+    description="Full sync of meeting_pages partitions (resumes a partition's unfinished sync), then verification.",
+)
+
+verify_job = dg.define_asset_job(
+    "verify_job",
+    selection=dg.AssetSelection.checks(matches_upstream),
+    partitions_def=meeting_page_partitions,
+    description="Only the exact verification of meeting_pages partitions: fetches no pages.",
+)
+
+defs = dg.Definitions(
+    assets=[meeting_pages, coverage_report],
+    asset_checks=[matches_upstream],
+    jobs=[meeting_pages_job, verify_job],
+    resources={"civicband": CivicBandResource(), "meeting_store": MeetingStoreResource()},
+)

@@ -1,0 +1,330 @@
+"""The meetings store (SQLAlchemy Core: one code path for SQLite and PostgreSQL).
+
+Every batch is written in one transaction together with the cursor that follows it, so a saved
+cursor is never ahead of durable rows.
+"""
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .rows import Rejection
+from .schema import backfill_jobs, meeting_pages, metadata, municipalities, rejected_rows
+
+PAGE_KEY = ("meeting_name", "meeting_date", "page_number")
+# Columns whose change makes an existing page "updated" (upstream_id covers the text).
+_COMPARED = ("upstream_id", "page_image", "entities_json", "votes_json")
+
+
+@dataclass(frozen=True)
+class SyncStart:
+    generation: int
+    cursor: str | None
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    created: int
+    updated: int
+    unchanged: int
+    rejected: int
+    deleted: int = 0  # stale pages removed when the batch completed the sync
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def create_store_engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # Writers take the lock at BEGIN: deferred transactions that upgrade later fail under load.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (UI, checks) never block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class MeetingStore:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_store_engine(url)
+        self._writer = self.engine.execution_options(writer=True)
+        metadata.create_all(self._writer)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- municipalities -------------------------------------------------------------------------
+
+    def upsert_municipality(self, subdomain: str, fields: dict) -> tuple[dict, bool]:
+        """Insert or update a municipality's fields; returns (stored row, created)."""
+        with self._writer.begin() as conn:
+            return self._upsert_municipality(conn, subdomain, fields)
+
+    def _upsert_municipality(self, conn: sa.Connection, subdomain: str, fields: dict) -> tuple[dict, bool]:
+        query = sa.select(municipalities).where(municipalities.c.subdomain == subdomain)
+        created = conn.execute(query).first() is None
+        values = {k: v for k, v in fields.items() if k in municipalities.c and k != "subdomain"}
+        if created:
+            conn.execute(municipalities.insert().values(subdomain=subdomain, **values))
+        elif values:
+            conn.execute(
+                municipalities.update().where(municipalities.c.subdomain == subdomain).values(**values, updated_at=utcnow())
+            )
+        return dict(conn.execute(query).one()._mapping), created
+
+    def municipality_subdomains(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(municipalities.c.subdomain).order_by(municipalities.c.subdomain)).scalars())
+
+    # -- sync lifecycle -------------------------------------------------------------------------
+
+    def start_sync(self, municipality: str, document_type: str, *, restart: bool, run_id: str | None) -> SyncStart:
+        """Resume the partition's unfinished sync at its saved cursor, or begin a new one."""
+        with self._writer.begin() as conn:
+            job = self._job_row(conn, municipality, document_type)
+            if job is None:
+                conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type))
+                job = self._job_row(conn, municipality, document_type)
+            resumable = job.status in ("running", "failed", "paused") and job.sync_generation > 0
+            values = {"status": "running", "run_id": run_id, "last_error": None, "updated_at": utcnow()}
+            if resumable and not restart:
+                start = SyncStart(job.sync_generation, job.last_cursor, resumed=job.last_cursor is not None)
+            else:
+                start = SyncStart(job.sync_generation + 1, None, resumed=False)
+                values |= _fresh_sync_values(start.generation)
+            conn.execute(_job_update(municipality, document_type).values(**values))
+            return start
+
+    def write_batch(
+        self,
+        municipality: str,
+        document_type: str,
+        generation: int,
+        records: list[dict],
+        rejections: list[Rejection],
+        next_cursor: str | None,
+    ) -> BatchCounts:
+        """Upsert one batch, record its rejections and save `next_cursor`, atomically.
+
+        `next_cursor` None means this was the last page: the sync completes in the same
+        transaction, removing the pages this sync never saw upstream.
+        """
+        records = _dedupe_by_key(records)
+        with self._writer.begin() as conn:
+            existing = self._existing_pages(conn, municipality, document_type, records)
+            changed, unchanged_ids = _classify(records, existing)
+            partition = {"municipality": municipality, "document_type": document_type, "sync_generation": generation}
+            if changed:
+                conn.execute(self._upsert_pages(), [partition | r | {"updated_at": utcnow()} for r in changed])
+            if unchanged_ids:
+                conn.execute(
+                    _partition_update(meeting_pages, municipality, document_type)
+                    .where(meeting_pages.c.upstream_id.in_(unchanged_ids))
+                    .values(sync_generation=generation)
+                )
+            if rejections:
+                conn.execute(self._upsert_rejections(), [_rejection_values(partition, r) for r in _dedupe_rejections(rejections)])
+            created = sum(1 for r in changed if _key(r) not in existing)
+            counts = BatchCounts(created, len(changed) - created, len(unchanged_ids), len(rejections))
+            if next_cursor is None:
+                counts = BatchCounts(**{**counts.__dict__, "deleted": self._finish(conn, municipality, document_type, generation)})
+            conn.execute(
+                _job_update(municipality, document_type).values(
+                    last_cursor=next_cursor,
+                    pages_fetched=backfill_jobs.c.pages_fetched + len(records) + len(rejections),
+                    pages_created=backfill_jobs.c.pages_created + counts.created,
+                    pages_updated=backfill_jobs.c.pages_updated + counts.updated,
+                    pages_unchanged=backfill_jobs.c.pages_unchanged + counts.unchanged,
+                    pages_deleted=backfill_jobs.c.pages_deleted + counts.deleted,
+                    rejected_count=backfill_jobs.c.rejected_count + counts.rejected,
+                    updated_at=utcnow(),
+                )
+            )
+            return counts
+
+    def stop_sync(self, municipality: str, document_type: str, status: str, error: str | None) -> None:
+        """Mark an interrupted sync `failed` or `paused`; its cursor stays for the next run."""
+        with self._writer.begin() as conn:
+            conn.execute(
+                _job_update(municipality, document_type)
+                .where(backfill_jobs.c.status == "running")
+                .values(status=status, last_error=error, finished_at=utcnow(), updated_at=utcnow())
+            )
+
+    def _finish(self, conn: sa.Connection, municipality: str, document_type: str, generation: int) -> int:
+        conn.execute(_delete_stale(rejected_rows, municipality, document_type, generation))
+        deleted = conn.execute(_delete_stale(meeting_pages, municipality, document_type, generation)).rowcount
+        conn.execute(
+            _job_update(municipality, document_type).values(
+                status="completed",
+                last_cursor=None,
+                actual_count=self._count(conn, municipality, document_type),
+                finished_at=utcnow(),
+            )
+        )
+        return deleted
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def job(self, municipality: str, document_type: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = self._job_row(conn, municipality, document_type)
+            return dict(row._mapping) if row else None
+
+    def jobs(self) -> list[dict]:
+        query = sa.select(backfill_jobs).order_by(backfill_jobs.c.municipality, backfill_jobs.c.document_type)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def count_pages(self, municipality: str, document_type: str) -> int:
+        with self.engine.connect() as conn:
+            return self._count(conn, municipality, document_type)
+
+    def iter_pages(self, municipality: str, document_type: str) -> Iterator[dict]:
+        """All local pages of a partition, streamed in upstream-id order."""
+        query = (
+            sa.select(meeting_pages)
+            .where(*_in_partition(meeting_pages, municipality, document_type))
+            .order_by(meeting_pages.c.upstream_id)
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query):
+                yield dict(row._mapping)
+
+    def iter_page_ids(self, municipality: str, document_type: str) -> Iterator[tuple[str, str, dt.date]]:
+        """(upstream_id, meeting_name, meeting_date) of every local page, in upstream's id order."""
+        upstream_id = meeting_pages.c.upstream_id
+        if self.engine.dialect.name == "postgresql":
+            upstream_id = upstream_id.collate("C")  # byte order, as SQLite sorts upstream
+        query = (
+            sa.select(meeting_pages.c.upstream_id, meeting_pages.c.meeting_name, meeting_pages.c.meeting_date)
+            .where(*_in_partition(meeting_pages, municipality, document_type))
+            .order_by(upstream_id)
+        )
+        with self.engine.connect() as conn:
+            yield from (tuple(row) for row in conn.execution_options(stream_results=True, yield_per=5000).execute(query))
+
+    def rejected_ids(self, municipality: str, document_type: str) -> set[str]:
+        query = sa.select(rejected_rows.c.upstream_id).where(*_in_partition(rejected_rows, municipality, document_type))
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def record_verification(self, municipality: str, document_type: str, expected: int, actual: int, at: dt.datetime) -> None:
+        """Store a verification result; the job's status is left alone so nothing is ever blocked."""
+        with self._writer.begin() as conn:
+            values = {"expected_count": expected, "actual_count": actual, "verified_at": at, "updated_at": utcnow()}
+            if conn.execute(_job_update(municipality, document_type).values(**values)).rowcount == 0:
+                conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type, **values))
+
+    def rejections(self, municipality: str, document_type: str) -> list[dict]:
+        query = sa.select(rejected_rows).where(*_in_partition(rejected_rows, municipality, document_type))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query.order_by(rejected_rows.c.upstream_id))]
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _job_row(conn: sa.Connection, municipality: str, document_type: str):
+        query = sa.select(backfill_jobs).where(*_in_partition(backfill_jobs, municipality, document_type))
+        return conn.execute(query).first()
+
+    @staticmethod
+    def _count(conn: sa.Connection, municipality: str, document_type: str) -> int:
+        query = sa.select(sa.func.count()).select_from(meeting_pages).where(
+            *_in_partition(meeting_pages, municipality, document_type)
+        )
+        return conn.execute(query).scalar_one()
+
+    @staticmethod
+    def _existing_pages(conn: sa.Connection, municipality: str, document_type: str, records: list[dict]) -> dict:
+        if not records:
+            return {}
+        key_columns = [meeting_pages.c[name] for name in PAGE_KEY]
+        query = sa.select(*key_columns, *(meeting_pages.c[name] for name in _COMPARED)).where(
+            *_in_partition(meeting_pages, municipality, document_type),
+            sa.tuple_(*key_columns).in_([_key(r) for r in records]),
+        )
+        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
+
+    def _upsert_pages(self):
+        insert = self._insert(meeting_pages)
+        updated = {name: insert.excluded[name] for name in ("upstream_id", "text", "page_image", "entities_json", "votes_json", "sync_generation", "updated_at")}
+        return insert.on_conflict_do_update(index_elements=["municipality", "document_type", *PAGE_KEY], set_=updated)
+
+    def _upsert_rejections(self):
+        insert = self._insert(rejected_rows)
+        updated = {name: insert.excluded[name] for name in ("reason", "raw", "sync_generation", "rejected_at")}
+        return insert.on_conflict_do_update(index_elements=["municipality", "document_type", "upstream_id"], set_=updated)
+
+    def _insert(self, table: sa.Table):
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table)
+
+
+def _in_partition(table: sa.Table, municipality: str, document_type: str) -> tuple:
+    return (table.c.municipality == municipality, table.c.document_type == document_type)
+
+
+def _partition_update(table: sa.Table, municipality: str, document_type: str):
+    return sa.update(table).where(*_in_partition(table, municipality, document_type))
+
+
+def _delete_stale(table: sa.Table, municipality: str, document_type: str, generation: int):
+    return sa.delete(table).where(*_in_partition(table, municipality, document_type), table.c.sync_generation != generation)
+
+
+def _job_update(municipality: str, document_type: str):
+    return _partition_update(backfill_jobs, municipality, document_type)
+
+
+def _fresh_sync_values(generation: int) -> dict:
+    counters = ("pages_fetched", "pages_created", "pages_updated", "pages_unchanged", "pages_deleted", "rejected_count")
+    return {"sync_generation": generation, "last_cursor": None, "started_at": utcnow(), "finished_at": None} | dict.fromkeys(counters, 0)
+
+
+def _key(record: dict) -> tuple:
+    return tuple(record[name] for name in PAGE_KEY)
+
+
+def _dedupe_by_key(records: list[dict]) -> list[dict]:
+    # One statement may not touch a row twice (PostgreSQL ON CONFLICT): the later row wins.
+    return list({_key(r): r for r in records}.values())
+
+
+def _dedupe_rejections(rejections: list[Rejection]) -> list[Rejection]:
+    return list({r.upstream_id: r for r in rejections}.values())
+
+
+def _classify(records: list[dict], existing: dict) -> tuple[list[dict], list[str]]:
+    changed, unchanged_ids = [], []
+    for record in records:
+        if existing.get(_key(record)) == tuple(record[name] for name in _COMPARED):
+            unchanged_ids.append(record["upstream_id"])
+        else:
+            changed.append(record)
+    return changed, unchanged_ids
+
+
+def _rejection_values(partition: dict, rejection: Rejection) -> dict:
+    return partition | {"upstream_id": rejection.upstream_id, "reason": rejection.reason, "raw": rejection.raw, "rejected_at": utcnow()}

@@ -1,0 +1,129 @@
+"""The sync engine: page through one partition upstream and land it in the store. No Dagster here."""
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .client import CivicBandClient, Page
+from .naming import validate_document_type, validate_subdomain
+from .rows import Rejection, parse_row
+from .store import BatchCounts, MeetingStore
+
+DEFAULT_BATCH_SIZE = 1000
+
+
+@dataclass
+class SyncResult:
+    municipality: str
+    document_type: str
+    status: str = "running"
+    generation: int = 0
+    resumed_from: str | None = None  # the saved cursor this run started at, if it resumed
+    batches: int = 0
+    fetched: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    deleted: int = 0
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float = 0.0
+
+    @property
+    def resumed(self) -> bool:
+        return self.resumed_from is not None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.fetched / self.elapsed if self.elapsed > 0 else 0.0
+
+    def add(self, fetched: int, counts: BatchCounts) -> None:
+        self.batches += 1
+        self.fetched += fetched
+        self.created += counts.created
+        self.updated += counts.updated
+        self.unchanged += counts.unchanged
+        self.rejected += counts.rejected
+        self.deleted += counts.deleted
+        self.elapsed = time.monotonic() - self.started
+
+    def summary(self) -> str:
+        resumed = f", resumed at cursor {self.resumed_from!r}" if self.resumed else ""
+        return (
+            f"{self.municipality}/{self.document_type}: {self.status}; fetched {self.fetched}, created {self.created}, "
+            f"updated {self.updated}, unchanged {self.unchanged}, rejected {self.rejected}, deleted {self.deleted} "
+            f"in {self.elapsed:.1f} s ({self.rows_per_second:.0f} rows/s){resumed}"
+        )
+
+
+def sync_partition(
+    client: CivicBandClient,
+    store: MeetingStore,
+    municipality: str,
+    document_type: str,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    restart: bool = False,
+    run_id: str | None = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+) -> SyncResult:
+    """Full sync of one partition, resuming the saved cursor of an unfinished sync unless `restart`.
+
+    Pages whose (meeting, date, page) already exist are replaced when upstream changed them; pages
+    that the completed sync never saw upstream are removed, so the partition ends equal to upstream.
+    """
+    validate_subdomain(municipality)
+    validate_document_type(document_type)
+    log = log or logging.getLogger(__name__)
+    start = store.start_sync(municipality, document_type, restart=restart, run_id=run_id)
+    result = SyncResult(municipality, document_type, generation=start.generation)
+    if start.resumed:
+        result.resumed_from = start.cursor
+        log.info("%s/%s: resuming sync %d at cursor %r", municipality, document_type, start.generation, start.cursor)
+    try:
+        for page in _prefetched_pages(client, municipality, document_type, batch_size, start.cursor):
+            records, rejections = _parse(page)
+            counts = store.write_batch(municipality, document_type, start.generation, records, rejections, page.next_cursor)
+            result.add(len(page.rows), counts)
+            log.info(
+                "%s/%s: batch %d: %d rows (%d created, %d updated, %d rejected); %d so far, %.0f rows/s",
+                municipality, document_type, result.batches, len(page.rows), counts.created, counts.updated,
+                counts.rejected, result.fetched, result.rows_per_second,
+            )
+    except Exception as error:
+        result.status = "failed"
+        store.stop_sync(municipality, document_type, "failed", f"{type(error).__name__}: {error}")
+        raise
+    except BaseException:  # KeyboardInterrupt, run termination: resumable, not broken
+        result.status = "paused"
+        store.stop_sync(municipality, document_type, "paused", "interrupted")
+        raise
+    result.status = "completed"
+    result.elapsed = time.monotonic() - result.started
+    log.info("%s", result.summary())
+    return result
+
+
+def _parse(page: Page) -> tuple[list[dict], list[Rejection]]:
+    records, rejections = [], []
+    for row in page.rows:
+        parsed = parse_row(row)
+        (rejections if isinstance(parsed, Rejection) else records).append(parsed)
+    return records, rejections
+
+
+def _prefetched_pages(client: CivicBandClient, municipality: str, document_type: str, size: int, cursor: str | None):
+    """Yield pages in order while the next one is already being fetched (I/O overlaps the writes)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="civicband-prefetch")
+    try:
+        pending = pool.submit(client.fetch_page, municipality, document_type, size, cursor)
+        while True:
+            page = pending.result()
+            if page.next_cursor is not None:
+                pending = pool.submit(client.fetch_page, municipality, document_type, size, page.next_cursor)
+            yield page
+            if page.next_cursor is None:
+                return
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

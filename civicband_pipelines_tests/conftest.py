@@ -1,0 +1,89 @@
+"""Shared fixtures: a real Datasette replica (with its fault proxy) and real stores (SQLite, PostgreSQL)."""
+
+import itertools
+import os
+import warnings
+
+import pytest
+
+from civicband_pipelines.client import CivicBandClient
+from civicband_pipelines.config import ClientSettings
+from civicband_pipelines.replica.generate import build_municipality
+from civicband_pipelines.store import MeetingStore
+
+from .pg_server import PostgresUnavailable, create_database, running_postgres
+from .replica_process import running_replica
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def replica_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("replica")
+
+
+@pytest.fixture(scope="session")
+def replica(replica_root):
+    """One replica server (Datasette behind the fault proxy) for the whole session."""
+    with running_replica(replica_root, proxy=True) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _transparent_proxy(request):
+    """Every test starts with a proxy that misbehaves only when the test says so."""
+    yield
+    if "replica" in request.fixturenames:
+        request.getfixturevalue("replica").clear_faults()
+
+
+@pytest.fixture
+def municipality(replica, replica_root):
+    """A municipality of its own for this test (tests mutate upstream): ~300 pages per type + odd rows."""
+    return make_municipality(replica_root, documents=40, pages=(3, 12), odd_rows=True)
+
+
+def make_municipality(root, documents: int, pages: tuple[int, int], odd_rows: bool = False, **options) -> str:
+    subdomain = f"town-{next(_names)}-{os.getpid()}.ca"
+    build_municipality(root, subdomain, documents, pages, seed=len(subdomain), odd_rows=odd_rows, **options)
+    return subdomain
+
+
+@pytest.fixture
+def client_settings(replica) -> ClientSettings:
+    # Short timeout (the proxy's slow answers exceed it) and fast backoff keep fault tests quick.
+    return ClientSettings(base_url=replica.base_url_template, timeout=2.0, retries=3, backoff=0.01)
+
+
+@pytest.fixture
+def client(client_settings):
+    with CivicBandClient(client_settings) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    try:
+        server = running_postgres()
+        url = server.__enter__()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    yield url
+    server.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """Each store test runs on SQLite and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meetings.db'}"
+    return create_database(request.getfixturevalue("postgres_server_url"), f"t_{next(_names)}_{os.getpid()}")
+
+
+@pytest.fixture
+def store(store_url):
+    store = MeetingStore(store_url)
+    yield store
+    store.dispose()

@@ -1,0 +1,119 @@
+"""The sync engine over real HTTP against the Datasette replica, on SQLite and PostgreSQL."""
+
+import pytest
+
+from civicband_pipelines.client import CivicBandClient
+from civicband_pipelines.naming import DOCUMENT_TYPES
+from civicband_pipelines.replica.generate import ODD_ROW_REASONS, delete_documents, odd_rows_for, reocr_pages
+from civicband_pipelines.sync import sync_partition
+
+from .upstream import assert_equals_upstream, expected_rejections, replica_db, upstream_rows
+
+
+@pytest.mark.parametrize("batch_size", [1000, 7])
+def test_full_backfill_equals_upstream_row_for_row(client, store, replica_root, municipality, batch_size):
+    for document_type in DOCUMENT_TYPES:
+        result = sync_partition(client, store, municipality, document_type, batch_size=batch_size)
+        upstream = upstream_rows(replica_root, municipality, document_type)
+        assert result.status == "completed"
+        assert result.fetched == len(upstream)
+        assert result.batches == -(-len(upstream) // batch_size)
+        assert_equals_upstream(store, replica_root, municipality, document_type)
+        job = store.job(municipality, document_type)
+        assert (job["status"], job["last_cursor"], job["pages_fetched"]) == ("completed", None, len(upstream))
+
+
+def test_rerun_of_completed_partition_changes_nothing(client, store, replica_root, municipality):
+    first = sync_partition(client, store, municipality, "agenda", batch_size=50)
+    before = list(store.iter_pages(municipality, "agenda"))
+    second = sync_partition(client, store, municipality, "agenda", batch_size=50)
+    after = list(store.iter_pages(municipality, "agenda"))
+    assert second.resumed_from is None
+    assert (second.created, second.updated, second.deleted) == (0, 0, 0)
+    assert second.unchanged == first.created
+    strip = lambda pages: [{k: v for k, v in p.items() if k != "sync_generation"} for p in pages]  # noqa: E731
+    assert strip(after) == strip(before)
+
+
+def test_odd_rows_are_rejected_with_reasons_while_their_batches_land(client, store, replica_root, municipality):
+    # Batch size 7: every odd row shares its batch with good rows.
+    result = sync_partition(client, store, municipality, "minutes", batch_size=7)
+    odd = odd_rows_for(municipality, "minutes")
+    rejected = {r["upstream_id"]: r for r in store.rejections(municipality, "minutes")}
+    assert set(rejected) == {o.id for o in odd if not o.accepted} == expected_rejections(replica_root, municipality, "minutes")
+    assert result.rejected == len(rejected)
+    reasons = {o.reason: rejected[o.id]["reason"] for o in odd if not o.accepted}
+    assert "meeting" in reasons["null_meeting"] and "date" in reasons["bad_date"] and "'TBD'" in reasons["tbd_date"]
+    assert "page" in reasons["page_not_number"] and "'abc'" in reasons["page_not_number"]
+    assert all(r["raw"] for r in rejected.values())
+    local_ids = {p["upstream_id"] for p in store.iter_pages(municipality, "minutes")}
+    assert {o.id for o in odd if o.accepted} <= local_ids  # URL-special ids, NULs, empty and NULL text
+    assert_equals_upstream(store, replica_root, municipality, "minutes")
+    assert sum(ODD_ROW_REASONS.values()) == len([o for o in odd if o.accepted])
+
+
+def test_changed_pages_replace_old_ones_and_vanished_pages_are_removed(client, store, replica_root, municipality):
+    sync_partition(client, store, municipality, "agenda", batch_size=100)
+    reocr = reocr_pages(replica_db(replica_root, municipality), "agenda", 12, seed=1)
+    deleted = delete_documents(replica_db(replica_root, municipality), "agenda", 2, seed=1)
+    result = sync_partition(client, store, municipality, "agenda", batch_size=100)
+    assert result.updated == len(set(reocr.added) - set(deleted.removed))
+    assert result.deleted == len(deleted.removed)  # whole documents gone, whatever their pages' ids
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_backfill_converges_exactly_with_20_percent_of_requests_failing(client_settings, store, replica, replica_root, municipality):
+    replica.set_faults(rate=0.2, seed=7, slow_seconds=3.0, retry_after=0)
+    with CivicBandClient(client_settings) as client:
+        for document_type in DOCUMENT_TYPES:
+            attempts = 0
+            while True:  # a run that still fails after its retries is resumed, as Dagster's run retries do
+                attempts += 1
+                try:
+                    sync_partition(client, store, municipality, document_type, batch_size=25)
+                    break
+                except Exception:
+                    assert attempts < 10, "did not converge"
+            assert_equals_upstream(store, replica_root, municipality, document_type)
+    stats = replica.fault_stats()
+    assert stats["faults_total"] >= 5 and len(stats["faults"]) >= 4, stats["faults"]
+
+
+class _BreakUpstreamAfter:
+    """A log that turns the proxy's 500s on once `batches` batches have landed."""
+
+    def __init__(self, replica, batches: int):
+        self.replica, self.batches, self.seen = replica, batches, 0
+
+    def info(self, message, *args):
+        if message.startswith("%s/%s: batch"):
+            self.seen += 1
+            if self.seen == self.batches:
+                self.replica.set_faults(rate=1.0, kinds=["error_500"])
+
+
+def test_a_failed_sync_resumes_at_its_saved_cursor(client, store, replica, replica_root, municipality):
+    total = len(upstream_rows(replica_root, municipality, "agenda"))
+    with pytest.raises(Exception, match="HTTP 500"):
+        sync_partition(client, store, municipality, "agenda", batch_size=20, log=_BreakUpstreamAfter(replica, 3))
+    job = store.job(municipality, "agenda")
+    assert job["status"] == "failed" and "HTTP 500" in job["last_error"]
+    assert job["last_cursor"] and job["pages_fetched"] == store.count_pages(municipality, "agenda") + job["rejected_count"]
+    saved = job["pages_fetched"]
+    assert saved >= 60  # at least the 3 batches before the fault (a prefetched page may have landed too)
+
+    replica.clear_faults()
+    resumed = sync_partition(client, store, municipality, "agenda", batch_size=20)
+    assert resumed.resumed_from == job["last_cursor"]
+    assert resumed.fetched == total - saved
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_restart_ignores_the_saved_cursor(client, store, replica, replica_root, municipality):
+    with pytest.raises(Exception):
+        sync_partition(client, store, municipality, "agenda", batch_size=20, log=_BreakUpstreamAfter(replica, 2))
+    replica.clear_faults()
+    result = sync_partition(client, store, municipality, "agenda", batch_size=20, restart=True)
+    assert result.resumed_from is None
+    assert result.fetched == len(upstream_rows(replica_root, municipality, "agenda"))
+    assert_equals_upstream(store, replica_root, municipality, "agenda")

@@ -22,7 +22,6 @@ class SyncConfig(dg.Config):
     kinds={"sql"},
     owners=["team:civicband-data"],
     tags={"source": "civic.band"},
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     description=(
         "Pages of civic.band meeting agendas and minutes, one partition per municipality and document "
         "type, kept equal to upstream. Each batch is committed with its cursor, so an interrupted run "

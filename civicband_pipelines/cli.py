@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="print the job table")
     status.set_defaults(handler=_status)
 
+    webhooks = commands.add_parser("webhooks", help="the receiver for civic.band's update webhook")
+    webhooks_commands = webhooks.add_subparsers(required=True, metavar="ACTION")
+    serve = webhooks_commands.add_parser("serve", help="serve PUT/POST /munis/api/update/<subdomain>/")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(handler=_webhooks_serve)
+
     munis = commands.add_parser("municipalities", help="register municipalities (new partitions)")
     munis_commands = munis.add_subparsers(required=True, metavar="ACTION")
     add = munis_commands.add_parser("add", help="register subdomains that civic.band has")
@@ -140,6 +147,13 @@ def _municipalities_add(args: argparse.Namespace) -> int:
         return 2
     for subdomain in _register(dagster_instance(), subdomains):
         print(f"registered {subdomain}")
+    return 0
+
+
+def _webhooks_serve(args: argparse.Namespace) -> int:
+    from .webhooks import serve
+
+    serve(args.host, args.port)
     return 0
 
 

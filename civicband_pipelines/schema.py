@@ -62,7 +62,10 @@ backfill_jobs = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("municipality", sa.String(200), nullable=False),
     sa.Column("document_type", sa.String(16), nullable=False),
-    sa.Column("mode", sa.String(16), nullable=False, server_default="full"),
+    sa.Column("mode", sa.String(16), nullable=False, server_default="full"),  # full / incremental
+    # An incremental sync covers meeting dates in [window_start, window_end] only.
+    sa.Column("window_start", sa.Date),
+    sa.Column("window_end", sa.Date),
     sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("sync_generation", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_cursor", sa.Text),  # the `next` token after the last committed batch
@@ -76,6 +79,8 @@ backfill_jobs = sa.Table(
     sa.Column("actual_count", sa.BigInteger),
     sa.Column("verified_at", sa.DateTime(timezone=True)),
     sa.Column("last_error", sa.Text),
+    sa.Column("full_synced_at", sa.DateTime(timezone=True)),  # last completed full sync
+    sa.Column("repair_attempts", sa.Integer, nullable=False, server_default="0"),  # resyncs since a check passed
     sa.Column("run_id", sa.String(64)),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
@@ -95,4 +100,33 @@ rejected_rows = sa.Table(
     sa.Column("sync_generation", sa.Integer, nullable=False),
     sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.UniqueConstraint("municipality", "document_type", "upstream_id", name="uq_rejected_row"),
+)
+
+webhook_events = sa.Table(
+    "webhook_events",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),  # the sensor's cursor
+    sa.Column("subdomain", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # created / updated
+    # pages or last_updated differ from what was stored before: upstream has something new
+    sa.Column("changed", sa.Boolean, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # the body as received (JSON)
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Who syncs a municipality right now (issue: never two syncs of one municipality at once).
+# A holder heartbeats; a lease whose heartbeat is stale belonged to a process that died.
+sync_leases = sa.Table(
+    "sync_leases",
+    metadata,
+    sa.Column("municipality", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("document_type", sa.String(16), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("trigger", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
 )

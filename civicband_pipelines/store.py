@@ -5,6 +5,7 @@ cursor is never ahead of durable rows.
 """
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .rows import Rejection
-from .schema import backfill_jobs, meeting_pages, metadata, municipalities, rejected_rows
+from .migrations import upgrade
+from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, webhook_events
 
 PAGE_KEY = ("meeting_name", "meeting_date", "page_number")
 # Columns whose change makes an existing page "updated" (upstream_id covers the text).
@@ -69,7 +71,7 @@ class MeetingStore:
         self.url = url
         self.engine = create_store_engine(url)
         self._writer = self.engine.execution_options(writer=True)
-        metadata.create_all(self._writer)
+        upgrade(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -92,6 +94,29 @@ class MeetingStore:
                 municipalities.update().where(municipalities.c.subdomain == subdomain).values(**values, updated_at=utcnow())
             )
         return dict(conn.execute(query).one()._mapping), created
+
+    def record_webhook(self, subdomain: str, fields: dict) -> tuple[dict, bool, int]:
+        """Store a webhook's municipality fields and its event in one transaction.
+
+        Returns (stored municipality, created, event id). The event is `changed` when the
+        municipality is new or its page count or last_updated differ from before.
+        """
+        with self._writer.begin() as conn:
+            before = conn.execute(sa.select(municipalities).where(municipalities.c.subdomain == subdomain)).first()
+            stored, created = self._upsert_municipality(conn, subdomain, fields)
+            changed = created or any(getattr(before, k) != stored[k] for k in ("pages", "last_updated"))
+            event_id = conn.execute(
+                webhook_events.insert().values(
+                    subdomain=subdomain, action="created" if created else "updated", changed=changed,
+                    payload=json.dumps(fields), received_at=utcnow(),
+                )
+            ).inserted_primary_key[0]
+            return stored, created, event_id
+
+    def webhook_events_after(self, event_id: int, limit: int = 1000) -> list[dict]:
+        query = sa.select(webhook_events).where(webhook_events.c.id > event_id).order_by(webhook_events.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def municipality_subdomains(self) -> list[str]:
         with self.engine.connect() as conn:

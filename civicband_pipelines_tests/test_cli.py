@@ -1,0 +1,131 @@
+"""The `civicband` command as a user runs it: real processes, a real Dagster instance, kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pytest
+
+from civicband_pipelines.partitions import partition_key
+from civicband_pipelines.store import MeetingStore
+
+from .upstream import assert_equals_upstream, upstream_rows
+
+
+@pytest.fixture
+def cli_env(tmp_path, replica, store_url):
+    env = dict(os.environ)
+    env.update(
+        CIVICBAND_HOME=str(tmp_path / "home"),
+        DAGSTER_HOME=str(tmp_path / "dagster_home"),
+        CIVICBAND_DATABASE_URL=store_url,
+        CIVICBAND_BASE_URL=replica.base_url_template,
+        CIVICBAND_HTTP_TIMEOUT="5",
+        CIVICBAND_HTTP_BACKOFF="0.01",
+    )
+    return env
+
+
+def civicband(env, *args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "civicband_pipelines.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def start_civicband(env, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "civicband_pipelines.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def latest_materialization(env, municipality: str, document_type: str):
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("meeting_pages"))
+        assert event.dagster_event.partition == partition_key(municipality, document_type)
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def test_backfill_records_runs_in_the_instance_and_prints_a_summary(cli_env, store, replica_root, municipality):
+    done = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--batch-size=100")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 of 2 partitions synced and verified" in done.stdout
+    for document_type in ("agenda", "minutes"):
+        assert_equals_upstream(store, replica_root, municipality, document_type)
+    metadata = latest_materialization(cli_env, municipality, "minutes")
+    assert metadata["pages_fetched"] == len(upstream_rows(replica_root, municipality, "minutes"))
+    assert metadata["pages_rejected"] == 4 and metadata["resumed"] is False
+    status = civicband(cli_env, "status")
+    assert municipality in status.stdout and "completed" in status.stdout
+
+
+def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cli_env, store, replica, replica_root, municipality):
+    total = len(upstream_rows(replica_root, municipality, "agenda"))
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.03)  # every page a little slow
+    process = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
+    try:
+        wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 70, what="70 pages")
+    finally:
+        process.kill()  # SIGKILL: no cleanup of any kind
+        process.wait()
+    replica.clear_faults()
+    job = store.job(municipality, "agenda")
+    saved = job["pages_fetched"]
+    assert job["status"] == "running" and job["last_cursor"] and saved < total
+
+    done = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
+    assert done.returncode == 0, done.stdout + done.stderr
+    metadata = latest_materialization(cli_env, municipality, "agenda")
+    assert metadata["resumed"] is True and metadata["resumed_from_cursor"] == job["last_cursor"]
+    assert metadata["pages_fetched"] <= total - saved + 7
+    assert store.job(municipality, "agenda")["pages_fetched"] == total
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_interrupted_backfill_shows_paused_and_resume_picks_it(cli_env, store, replica, replica_root, municipality):
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.03)
+    process = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=minutes", "--batch-size=7")
+    wait_until(lambda: (store.job(municipality, "minutes") or {}).get("pages_fetched", 0) >= 28, what="28 pages")
+    process.send_signal(signal.SIGINT)  # what Ctrl-C (and a cancelled in-process run) does
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0, output[-3000:]
+    assert store.job(municipality, "minutes")["status"] == "paused", output
+    replica.clear_faults()
+
+    done = civicband(cli_env, "backfill", "--subdomain=all", "--resume", "--batch-size=7")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 of 1 partitions" in done.stdout  # only the paused partition
+    assert_equals_upstream(store, replica_root, municipality, "minutes")
+
+
+def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
+    unknown = civicband(cli_env, "backfill", "--subdomain=nowhere.zz")
+    assert unknown.returncode == 2 and "no such municipality on civic.band: 'nowhere.zz'" in unknown.stderr
+    invalid = civicband(cli_env, "backfill", "--subdomain=evil.com/../x")
+    assert invalid.returncode == 2 and "invalid subdomain" in invalid.stderr
+    too_big = civicband(cli_env, "backfill", "--subdomain=all", "--batch-size=1001")
+    assert too_big.returncode == 2 and "--batch-size" in too_big.stderr
+
+
+def test_verify_reports_missing_pages_and_exit_code(cli_env, store, replica_root, municipality):
+    assert civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda").returncode == 0
+    assert civicband(cli_env, "verify", f"--subdomain={municipality}", "--document-type=agenda").returncode == 0
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "delete from meeting_pages where id in (select id from meeting_pages where municipality = %s "
+            "order by upstream_id limit 3)" % f"'{municipality}'"
+        )
+    verify = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--verify-only")
+    assert verify.returncode == 1
+    assert "MISMATCH" in verify.stdout and "missing 3" in verify.stdout

@@ -1,0 +1,149 @@
+"""Migrations of the meetings store, on SQLite and on a real PostgreSQL server."""
+
+import multiprocessing
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from civicband_pipelines.migrations import BASELINE, current_revision, head_revision, revisions, upgrade
+from civicband_pipelines.schema import metadata
+
+from . import pg_server
+
+CONCURRENCY = 4
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A new, empty database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'meetings.db'}"
+        return
+    server = request.getfixturevalue("postgres_server_url")  # conftest.py: one server per session
+    url = pg_server.create_database(server, f"t_{uuid.uuid4().hex[:12]}")
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    yield engine
+    engine.dispose()
+
+
+def schema_differences(engine: sa.Engine) -> list:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        return compare_metadata(context, metadata)
+
+
+def table_names(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def add_municipality(engine: sa.Engine, subdomain: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO municipalities (subdomain) VALUES (:s)"), {"s": subdomain})
+
+
+def municipality_count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM municipalities")).scalar_one()
+
+
+def test_upgrade_creates_the_schema(db_url, engine):
+    assert current_revision(engine) is None
+    upgrade(db_url)
+    assert current_revision(engine) == head_revision()
+    assert table_names(engine) == set(metadata.tables) | {"alembic_version"}
+
+
+def test_schema_matches_metadata(db_url, engine):
+    upgrade(db_url)
+    assert schema_differences(engine) == []
+
+
+def test_second_upgrade_is_a_no_op(db_url, engine):
+    upgrade(db_url)
+    add_municipality(engine, "oakland.ca")
+    upgrade(engine)  # an Engine works as well as a URL
+    assert current_revision(engine) == head_revision()
+    assert municipality_count(engine) == 1
+
+
+def _upgrade_at_barrier(url: str, barrier) -> None:
+    barrier.wait(timeout=30)
+    upgrade(url)
+
+
+def test_concurrent_upgrades_in_processes(db_url, engine):
+    context = multiprocessing.get_context("fork")  # fast; each child opens its own connections
+    barrier = context.Barrier(CONCURRENCY)
+    workers = [context.Process(target=_upgrade_at_barrier, args=(db_url, barrier)) for _ in range(CONCURRENCY)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0] * CONCURRENCY
+    assert current_revision(engine) == head_revision()
+    assert schema_differences(engine) == []
+
+
+def test_concurrent_upgrades_in_threads(db_url, engine):
+    barrier = threading.Barrier(CONCURRENCY)
+    errors = []
+
+    def work():
+        try:
+            _upgrade_at_barrier(db_url, barrier)
+        except Exception as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(CONCURRENCY)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert current_revision(engine) == head_revision()
+
+
+@pytest.mark.parametrize("revision", revisions())
+def test_database_at_any_revision_upgrades_in_place(db_url, engine, revision):
+    upgrade(db_url, revision)
+    add_municipality(engine, "oakland.ca")  # municipalities exists since the first revision
+    upgrade(db_url)
+    assert current_revision(engine) == head_revision()
+    assert municipality_count(engine) == 1
+    assert schema_differences(engine) == []
+
+
+def test_unversioned_baseline_database_is_adopted(db_url, engine):
+    # What `metadata.create_all` made before migrations: the baseline tables, no alembic_version.
+    upgrade(db_url, BASELINE)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE alembic_version"))
+    add_municipality(engine, "oakland.ca")
+    upgrade(db_url)
+    assert current_revision(engine) == head_revision()
+    assert municipality_count(engine) == 1
+
+
+def test_create_all_database_is_adopted_at_head(db_url, engine):
+    metadata.create_all(engine)  # what MeetingStore did before migrations
+    add_municipality(engine, "oakland.ca")
+    upgrade(db_url)
+    assert current_revision(engine) == head_revision()
+    assert municipality_count(engine) == 1
+
+
+def test_in_memory_sqlite_engine():
+    engine = sa.create_engine("sqlite://")
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    assert schema_differences(engine) == []

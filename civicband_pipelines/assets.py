@@ -1,19 +1,32 @@
 """The `meeting_pages` asset: a thin Dagster wrapper around sync.sync_partition."""
 
+from typing import Literal
+
 import dagster as dg
 import pandas as pd
+import pydantic
 
 from .client import UpstreamError
 from .config import civicband_home
 from .coverage import coverage_frame, coverage_summary
 from .partitions import meeting_page_partitions, split_partition_key
 from .resources import CivicBandResource, MeetingStoreResource
-from .sync import DEFAULT_BATCH_SIZE, SyncResult, sync_partition
+from .leases import MunicipalityBusy
+from .sync import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW_DAYS, SyncResult, sync_partition
+
+TRIGGER_TAG = "civicband/trigger"  # cli / webhook / repair / continuation; UI launches have none
 
 
 class SyncConfig(dg.Config):
-    batch_size: int = DEFAULT_BATCH_SIZE  # rows per page and per commit, 1..1000
-    restart: bool = False  # ignore the saved cursor and start a new full sync
+    batch_size: int = pydantic.Field(DEFAULT_BATCH_SIZE, ge=1, le=1000, description="Rows per request and per commit.")
+    restart: bool = pydantic.Field(False, description="Ignore the saved cursor and start a new sync.")
+    mode: Literal["full", "incremental"] = pydantic.Field(
+        "full", description="full: the whole table; incremental: meeting dates within window_days of today."
+    )
+    window_days: int = pydantic.Field(DEFAULT_WINDOW_DAYS, ge=1)
+    time_budget_seconds: float | None = pydantic.Field(
+        None, description="Stop at a checkpoint after this long; a sensor chains a continuation run."
+    )
 
 
 @dg.asset(
@@ -44,16 +57,22 @@ def meeting_pages(
                 document_type,
                 batch_size=config.batch_size,
                 restart=config.restart,
+                mode=config.mode,
+                window_days=config.window_days,
+                time_budget=config.time_budget_seconds,
+                trigger=context.run.tags.get(TRIGGER_TAG, "ui"),
                 run_id=context.run_id,
                 log=context.log,
             )
-        except UpstreamError as error:  # retrying a refusal cannot help
+        except (UpstreamError, MunicipalityBusy) as error:  # retrying cannot help
             raise dg.Failure(str(error), allow_retries=False) from error
     return dg.MaterializeResult(metadata=sync_metadata(result, client.site_url(municipality)))
 
 
 def sync_metadata(result: SyncResult, site_url: str) -> dict:
     return {
+        "status": result.status,
+        "mode": result.mode,
         "pages_fetched": result.fetched,
         "pages_created": result.created,
         "pages_updated": result.updated,

@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import dagster as dg
@@ -10,6 +11,7 @@ import httpx
 
 from .client import CivicBandClient, TransientError, UpstreamError
 from .config import civicband_home, database_url_from_env
+from .leases import active_lease, refusal, settle_dead_syncs
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
@@ -41,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed or was paused")
     mode.add_argument("--restart", action="store_true", help="ignore saved cursors and start new full syncs")
     mode.add_argument("--verify-only", action="store_true", help="fetch nothing; verify as `civicband verify` does")
+    backfill.add_argument("--wait", action="store_true", help="wait for a busy municipality instead of refusing")
     backfill.set_defaults(handler=_backfill)
 
     verify = commands.add_parser("verify", help="compare partitions with upstream exactly; exit 1 on a mismatch")
@@ -81,6 +84,10 @@ def _backfill(args: argparse.Namespace) -> int:
     if not partitions:
         print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))
         return 0
+    store = open_store(database_url_from_env())
+    busy = [m for m in dict.fromkeys(m for m, _ in partitions) if not _until_free(store, m, args.wait)]
+    if busy:
+        return 3
     run_config = {"ops": {"meeting_pages": {"config": {"batch_size": args.batch_size, "restart": args.restart}}}}
     failed = [p for p in partitions if not _run(instance, "meeting_pages_job", p, run_config).success]
     _print_jobs(partitions)
@@ -88,6 +95,20 @@ def _backfill(args: argparse.Namespace) -> int:
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _until_free(store, municipality: str, wait: bool) -> bool:
+    """True once no other sync holds the municipality; without `wait`, refuse at once."""
+    lease = active_lease(store, municipality)
+    if lease is not None and not wait:
+        print(refusal(municipality, lease), file=sys.stderr)
+        return False
+    if lease is not None:
+        print(f"{refusal(municipality, lease)} Waiting...", file=sys.stderr, flush=True)
+    while lease is not None:
+        time.sleep(2)
+        lease = active_lease(store, municipality)
+    return True
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -186,7 +207,9 @@ def _register(instance: dg.DagsterInstance, subdomains: list[str]) -> list[str]:
 
 
 def _print_jobs(partitions: list[tuple[str, str]] | None) -> None:
-    jobs = open_store(database_url_from_env()).jobs()
+    store = open_store(database_url_from_env())
+    settle_dead_syncs(store)
+    jobs = store.jobs()
     if partitions is not None:
         jobs = [j for j in jobs if (j["municipality"], j["document_type"]) in set(partitions)]
     columns = ("municipality", "document_type", "status", "pages_fetched", "pages_created", "pages_updated",

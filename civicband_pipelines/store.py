@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .rows import Rejection
 from .migrations import upgrade
-from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, webhook_events
+from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events
 
 PAGE_KEY = ("meeting_name", "meeting_date", "page_number")
 # Columns whose change makes an existing page "updated" (upstream_id covers the text).
@@ -27,6 +27,15 @@ class SyncStart:
     generation: int
     cursor: str | None
     resumed: bool
+    mode: str = "full"  # full / incremental
+    window: tuple[dt.date, dt.date] | None = None  # meeting dates an incremental sync covers
+
+    @property
+    def filters(self) -> dict[str, str]:
+        """Datasette filters selecting the rows this sync covers."""
+        if self.window is None:
+            return {}
+        return {"date__gte": self.window[0].isoformat(), "date__lte": self.window[1].isoformat()}
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ class MeetingStore:
     def __init__(self, url: str):
         self.url = url
         self.engine = create_store_engine(url)
-        self._writer = self.engine.execution_options(writer=True)
+        self.writer = self.engine.execution_options(writer=True)
         upgrade(self.engine)
 
     def dispose(self) -> None:
@@ -80,7 +89,7 @@ class MeetingStore:
 
     def upsert_municipality(self, subdomain: str, fields: dict) -> tuple[dict, bool]:
         """Insert or update a municipality's fields; returns (stored row, created)."""
-        with self._writer.begin() as conn:
+        with self.writer.begin() as conn:
             return self._upsert_municipality(conn, subdomain, fields)
 
     def _upsert_municipality(self, conn: sa.Connection, subdomain: str, fields: dict) -> tuple[dict, bool]:
@@ -101,7 +110,7 @@ class MeetingStore:
         Returns (stored municipality, created, event id). The event is `changed` when the
         municipality is new or its page count or last_updated differ from before.
         """
-        with self._writer.begin() as conn:
+        with self.writer.begin() as conn:
             before = conn.execute(sa.select(municipalities).where(municipalities.c.subdomain == subdomain)).first()
             stored, created = self._upsert_municipality(conn, subdomain, fields)
             changed = created or any(getattr(before, k) != stored[k] for k in ("pages", "last_updated"))
@@ -124,20 +133,34 @@ class MeetingStore:
 
     # -- sync lifecycle -------------------------------------------------------------------------
 
-    def start_sync(self, municipality: str, document_type: str, *, restart: bool, run_id: str | None) -> SyncStart:
-        """Resume the partition's unfinished sync at its saved cursor, or begin a new one."""
-        with self._writer.begin() as conn:
+    def start_sync(
+        self,
+        municipality: str,
+        document_type: str,
+        *,
+        restart: bool,
+        run_id: str | None,
+        mode: str = "full",
+        window: tuple[dt.date, dt.date] | None = None,
+    ) -> SyncStart:
+        """Resume the partition's unfinished sync (in its own mode) at its saved cursor, or begin a new one.
+
+        An incremental sync of a partition that never completed a full sync becomes a full sync.
+        """
+        with self.writer.begin() as conn:
             job = self._job_row(conn, municipality, document_type)
             if job is None:
                 conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type))
                 job = self._job_row(conn, municipality, document_type)
-            resumable = job.status in ("running", "failed", "paused") and job.sync_generation > 0
             values = {"status": "running", "run_id": run_id, "last_error": None, "updated_at": utcnow()}
-            if resumable and not restart:
-                start = SyncStart(job.sync_generation, job.last_cursor, resumed=job.last_cursor is not None)
+            if job.status in ("running", "failed", "paused") and job.sync_generation > 0 and not restart:
+                saved_window = (job.window_start, job.window_end) if job.mode == "incremental" else None
+                start = SyncStart(job.sync_generation, job.last_cursor, job.last_cursor is not None, job.mode, saved_window)
             else:
-                start = SyncStart(job.sync_generation + 1, None, resumed=False)
-                values |= _fresh_sync_values(start.generation)
+                if mode == "incremental" and job.full_synced_at is None:
+                    mode, window = "full", None
+                start = SyncStart(job.sync_generation + 1, None, False, mode, window if mode == "incremental" else None)
+                values |= _fresh_sync_values(start)
             conn.execute(_job_update(municipality, document_type).values(**values))
             return start
 
@@ -145,7 +168,7 @@ class MeetingStore:
         self,
         municipality: str,
         document_type: str,
-        generation: int,
+        sync: SyncStart,
         records: list[dict],
         rejections: list[Rejection],
         next_cursor: str | None,
@@ -156,9 +179,10 @@ class MeetingStore:
         transaction, removing the pages this sync never saw upstream.
         """
         records = _dedupe_by_key(records)
-        with self._writer.begin() as conn:
+        with self.writer.begin() as conn:
             existing = self._existing_pages(conn, municipality, document_type, records)
             changed, unchanged_ids = _classify(records, existing)
+            generation = sync.generation
             partition = {"municipality": municipality, "document_type": document_type, "sync_generation": generation}
             if changed:
                 conn.execute(self._upsert_pages(), [partition | r | {"updated_at": utcnow()} for r in changed])
@@ -173,7 +197,7 @@ class MeetingStore:
             created = sum(1 for r in changed if _key(r) not in existing)
             counts = BatchCounts(created, len(changed) - created, len(unchanged_ids), len(rejections))
             if next_cursor is None:
-                counts = BatchCounts(**{**counts.__dict__, "deleted": self._finish(conn, municipality, document_type, generation)})
+                counts = BatchCounts(**{**counts.__dict__, "deleted": self._finish(conn, municipality, document_type, sync)})
             conn.execute(
                 _job_update(municipality, document_type).values(
                     last_cursor=next_cursor,
@@ -190,23 +214,39 @@ class MeetingStore:
 
     def stop_sync(self, municipality: str, document_type: str, status: str, error: str | None) -> None:
         """Mark an interrupted sync `failed` or `paused`; its cursor stays for the next run."""
-        with self._writer.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(
                 _job_update(municipality, document_type)
                 .where(backfill_jobs.c.status == "running")
                 .values(status=status, last_error=error, finished_at=utcnow(), updated_at=utcnow())
             )
 
-    def _finish(self, conn: sa.Connection, municipality: str, document_type: str, generation: int) -> int:
-        conn.execute(_delete_stale(rejected_rows, municipality, document_type, generation))
-        deleted = conn.execute(_delete_stale(meeting_pages, municipality, document_type, generation)).rowcount
+    def running_municipalities(self) -> set[str]:
+        query = sa.select(backfill_jobs.c.municipality).where(backfill_jobs.c.status == "running")
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def fail_running_jobs(self, exclude: set[str], error: str) -> int:
+        """Mark running jobs of municipalities not in `exclude` failed (see leases.settle_dead_syncs)."""
+        query = backfill_jobs.update().where(backfill_jobs.c.status == "running")
+        if exclude:
+            query = query.where(backfill_jobs.c.municipality.not_in(exclude))
+        with self.writer.begin() as conn:
+            return conn.execute(query.values(status="failed", last_error=error, updated_at=utcnow())).rowcount
+
+    def _finish(self, conn: sa.Connection, municipality: str, document_type: str, sync: SyncStart) -> int:
+        """Complete the sync: remove the pages (and rejections) it covered but never saw upstream."""
+        stale_pages = _stale(meeting_pages, municipality, document_type, sync.generation)
+        if sync.window:
+            stale_pages = stale_pages.where(meeting_pages.c.meeting_date.between(*sync.window))
+        else:
+            conn.execute(_stale(rejected_rows, municipality, document_type, sync.generation))
+        deleted = conn.execute(stale_pages).rowcount
+        done = {"status": "completed", "last_cursor": None, "finished_at": utcnow()}
+        if sync.mode == "full":
+            done["full_synced_at"] = done["finished_at"]
         conn.execute(
-            _job_update(municipality, document_type).values(
-                status="completed",
-                last_cursor=None,
-                actual_count=self._count(conn, municipality, document_type),
-                finished_at=utcnow(),
-            )
+            _job_update(municipality, document_type).values(actual_count=self._count(conn, municipality, document_type), **done)
         )
         return deleted
 
@@ -237,6 +277,17 @@ class MeetingStore:
             for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query):
                 yield dict(row._mapping)
 
+    def lease(self, municipality: str) -> dict | None:
+        """The sync lease row of a municipality, if any (see leases.py)."""
+        query = sa.select(sync_leases).where(sync_leases.c.municipality == municipality)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+            return dict(row._mapping) if row else None
+
+    def leases(self) -> dict[str, dict]:
+        with self.engine.connect() as conn:
+            return {row.municipality: dict(row._mapping) for row in conn.execute(sa.select(sync_leases))}
+
     def iter_page_ids(self, municipality: str, document_type: str) -> Iterator[tuple[str, str, dt.date]]:
         """(upstream_id, meeting_name, meeting_date) of every local page, in upstream's id order."""
         upstream_id = meeting_pages.c.upstream_id
@@ -257,7 +308,7 @@ class MeetingStore:
 
     def record_verification(self, municipality: str, document_type: str, expected: int, actual: int, at: dt.datetime) -> None:
         """Store a verification result; the job's status is left alone so nothing is ever blocked."""
-        with self._writer.begin() as conn:
+        with self.writer.begin() as conn:
             values = {"expected_count": expected, "actual_count": actual, "verified_at": at, "updated_at": utcnow()}
             if conn.execute(_job_update(municipality, document_type).values(**values)).rowcount == 0:
                 conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type, **values))
@@ -315,7 +366,7 @@ def _partition_update(table: sa.Table, municipality: str, document_type: str):
     return sa.update(table).where(*_in_partition(table, municipality, document_type))
 
 
-def _delete_stale(table: sa.Table, municipality: str, document_type: str, generation: int):
+def _stale(table: sa.Table, municipality: str, document_type: str, generation: int):
     return sa.delete(table).where(*_in_partition(table, municipality, document_type), table.c.sync_generation != generation)
 
 
@@ -323,9 +374,13 @@ def _job_update(municipality: str, document_type: str):
     return _partition_update(backfill_jobs, municipality, document_type)
 
 
-def _fresh_sync_values(generation: int) -> dict:
+def _fresh_sync_values(start: SyncStart) -> dict:
     counters = ("pages_fetched", "pages_created", "pages_updated", "pages_unchanged", "pages_deleted", "rejected_count")
-    return {"sync_generation": generation, "last_cursor": None, "started_at": utcnow(), "finished_at": None} | dict.fromkeys(counters, 0)
+    window_start, window_end = start.window or (None, None)
+    return {
+        "sync_generation": start.generation, "mode": start.mode, "window_start": window_start, "window_end": window_end,
+        "last_cursor": None, "started_at": utcnow(), "finished_at": None,
+    } | dict.fromkeys(counters, 0)
 
 
 def _key(record: dict) -> tuple:

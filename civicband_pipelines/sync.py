@@ -1,16 +1,21 @@
 """The sync engine: page through one partition upstream and land it in the store. No Dagster here."""
 
+import datetime as dt
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .client import CivicBandClient, Page
+from .leases import MunicipalityLease, SyncOwner
 from .naming import validate_document_type, validate_subdomain
 from .rows import Rejection, parse_row
 from .store import BatchCounts, MeetingStore
 
 DEFAULT_BATCH_SIZE = 1000
+DEFAULT_WINDOW_DAYS = 180  # incremental syncs cover meeting dates within this many days of today
+MODES = ("full", "incremental")
+BUDGET_PAUSE = "time budget"  # last_error prefix of a sync paused to be continued by a new run
 
 
 @dataclass
@@ -18,6 +23,7 @@ class SyncResult:
     municipality: str
     document_type: str
     status: str = "running"
+    mode: str = "full"
     generation: int = 0
     resumed_from: str | None = None  # the saved cursor this run started at, if it resumed
     batches: int = 0
@@ -51,7 +57,7 @@ class SyncResult:
     def summary(self) -> str:
         resumed = f", resumed at cursor {self.resumed_from!r}" if self.resumed else ""
         return (
-            f"{self.municipality}/{self.document_type}: {self.status}; fetched {self.fetched}, created {self.created}, "
+            f"{self.municipality}/{self.document_type}: {self.mode} sync {self.status}; fetched {self.fetched}, created {self.created}, "
             f"updated {self.updated}, unchanged {self.unchanged}, rejected {self.rejected}, deleted {self.deleted} "
             f"in {self.elapsed:.1f} s ({self.rows_per_second:.0f} rows/s){resumed}"
         )
@@ -65,32 +71,61 @@ def sync_partition(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     restart: bool = False,
+    mode: str = "full",
+    window_days: int = DEFAULT_WINDOW_DAYS,
+    time_budget: float | None = None,
+    trigger: str = "cli",
     run_id: str | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> SyncResult:
-    """Full sync of one partition, resuming the saved cursor of an unfinished sync unless `restart`.
+    """Sync one partition, resuming the saved cursor of an unfinished sync unless `restart`.
 
-    Pages whose (meeting, date, page) already exist are replaced when upstream changed them; pages
-    that the completed sync never saw upstream are removed, so the partition ends equal to upstream.
+    `full` pages through the whole table; `incremental` only through meeting dates within
+    `window_days` of today (a partition never fully synced gets a full sync instead). Pages that
+    upstream changed replace the local ones; pages the completed sync covered but never saw upstream
+    are removed, so the partition ends equal to upstream. Past `time_budget` seconds the sync stops
+    at a checkpoint with status `paused` (a sensor chains a continuation run). Holds the
+    municipality's lease throughout: raises MunicipalityBusy if another sync has it.
     """
     validate_subdomain(municipality)
     validate_document_type(document_type)
+    if mode not in MODES:
+        raise ValueError(f"invalid mode {mode!r}: expected one of {', '.join(MODES)}")
     log = log or logging.getLogger(__name__)
-    start = store.start_sync(municipality, document_type, restart=restart, run_id=run_id)
-    result = SyncResult(municipality, document_type, generation=start.generation)
-    if start.resumed:
-        result.resumed_from = start.cursor
-        log.info("%s/%s: resuming sync %d at cursor %r", municipality, document_type, start.generation, start.cursor)
+    owner = SyncOwner(document_type, mode, trigger, run_id)
+    with MunicipalityLease(store, municipality, owner):
+        start = store.start_sync(
+            municipality, document_type, restart=restart, run_id=run_id, mode=mode, window=_window(window_days)
+        )
+        result = SyncResult(municipality, document_type, mode=start.mode, generation=start.generation)
+        if start.resumed:
+            result.resumed_from = start.cursor
+            log.info("%s/%s: resuming %s sync %d at cursor %r", municipality, document_type, start.mode, start.generation, start.cursor)
+        elif start.mode != mode:
+            log.info("%s/%s: never fully synced, so a full sync instead of an incremental one", municipality, document_type)
+        _run(client, store, start, result, batch_size, time_budget, log)
+    log.info("%s", result.summary())
+    return result
+
+
+def _run(client, store, start, result: SyncResult, batch_size: int, time_budget: float | None, log) -> None:
+    municipality, document_type = result.municipality, result.document_type
     try:
-        for page in _prefetched_pages(client, municipality, document_type, batch_size, start.cursor):
+        pages = _prefetched_pages(client, municipality, document_type, batch_size, start.cursor, start.filters)
+        for page in pages:
             records, rejections = _parse(page)
-            counts = store.write_batch(municipality, document_type, start.generation, records, rejections, page.next_cursor)
+            counts = store.write_batch(municipality, document_type, start, records, rejections, page.next_cursor)
             result.add(len(page.rows), counts)
             log.info(
                 "%s/%s: batch %d: %d rows (%d created, %d updated, %d rejected); %d so far, %.0f rows/s",
                 municipality, document_type, result.batches, len(page.rows), counts.created, counts.updated,
                 counts.rejected, result.fetched, result.rows_per_second,
             )
+            if time_budget is not None and result.elapsed > time_budget and page.next_cursor is not None:
+                pages.close()
+                result.status = "paused"
+                store.stop_sync(municipality, document_type, "paused", f"{BUDGET_PAUSE} of {time_budget:.0f} s reached")
+                return
     except Exception as error:
         result.status = "failed"
         store.stop_sync(municipality, document_type, "failed", f"{type(error).__name__}: {error}")
@@ -100,9 +135,11 @@ def sync_partition(
         store.stop_sync(municipality, document_type, "paused", "interrupted")
         raise
     result.status = "completed"
-    result.elapsed = time.monotonic() - result.started
-    log.info("%s", result.summary())
-    return result
+
+
+def _window(days: int) -> tuple[dt.date, dt.date]:
+    today = dt.date.today()
+    return today - dt.timedelta(days=days), today + dt.timedelta(days=days)
 
 
 def _parse(page: Page) -> tuple[list[dict], list[Rejection]]:
@@ -113,15 +150,15 @@ def _parse(page: Page) -> tuple[list[dict], list[Rejection]]:
     return records, rejections
 
 
-def _prefetched_pages(client: CivicBandClient, municipality: str, document_type: str, size: int, cursor: str | None):
+def _prefetched_pages(client: CivicBandClient, municipality: str, document_type: str, size: int, cursor: str | None, filters: dict):
     """Yield pages in order while the next one is already being fetched (I/O overlaps the writes)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="civicband-prefetch")
     try:
-        pending = pool.submit(client.fetch_page, municipality, document_type, size, cursor)
+        pending = pool.submit(client.fetch_page, municipality, document_type, size, cursor, filters=filters)
         while True:
             page = pending.result()
             if page.next_cursor is not None:
-                pending = pool.submit(client.fetch_page, municipality, document_type, size, page.next_cursor)
+                pending = pool.submit(client.fetch_page, municipality, document_type, size, page.next_cursor, filters=filters)
             yield page
             if page.next_cursor is None:
                 return

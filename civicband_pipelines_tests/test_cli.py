@@ -25,6 +25,7 @@ def cli_env(tmp_path, replica, store_url):
         CIVICBAND_BASE_URL=replica.base_url_template,
         CIVICBAND_HTTP_TIMEOUT="5",
         CIVICBAND_HTTP_BACKOFF="0.01",
+        CIVICBAND_LEASE_STALE_SECONDS="3",  # a killed holder frees its municipality after 3 s
     )
     return env
 
@@ -84,7 +85,8 @@ def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cl
     saved = job["pages_fetched"]
     assert job["status"] == "running" and job["last_cursor"] and saved < total
 
-    done = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
+    # No manual cleanup: --wait waits out the dead holder's lease (stale after 3 s here).
+    done = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7", "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
     metadata = latest_materialization(cli_env, municipality, "agenda")
     assert metadata["resumed"] is True and metadata["resumed_from_cursor"] == job["last_cursor"]
@@ -129,3 +131,22 @@ def test_verify_reports_missing_pages_and_exit_code(cli_env, store, replica_root
     verify = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--verify-only")
     assert verify.returncode == 1
     assert "MISMATCH" in verify.stdout and "missing 3" in verify.stdout
+
+
+def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true(cli_env, store, replica, municipality, replica_root):
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.05)
+    first = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--batch-size=7")
+    try:
+        wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 14, what="first sync")
+        second = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=minutes")
+        assert second.returncode == 3
+        assert f"Backfill already in progress for {municipality} (started: just now). Active: cli run " in second.stderr
+        assert "agenda full mode. Check the UI or wait." in second.stderr
+        status = civicband(cli_env, "status")
+        assert "running" in status.stdout
+    finally:
+        first.kill()
+        first.wait()
+    # Once the dead holder's lease is stale, status says failed, not running.
+    wait_until(lambda: "failed" in civicband(cli_env, "status").stdout, timeout=30, what="the job to show failed")
+    assert store.job(municipality, "agenda")["status"] == "failed"

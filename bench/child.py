@@ -1,0 +1,128 @@
+"""One measurement in a fresh process; prints one JSON line (timings and this process's peak RSS).
+
+  child.py fetch  --base-url T --municipality M [--prefetch] [--parse]
+  child.py sync   --base-url T --municipality M --store URL
+  child.py naive  --base-url T --municipality M --store URL --rows N
+
+Everything pages the `agenda` table with batches of 1000. Only the measured loop is timed:
+imports, store creation (migrations) and, for `naive`, fetching its input rows are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import common  # noqa: F401  (puts the repo on sys.path)
+from common import peak_rss_mb
+
+from civicband_pipelines.client import CivicBandClient
+from civicband_pipelines.config import ClientSettings
+from civicband_pipelines.rows import Rejection, parse_row
+
+DOCUMENT_TYPE = "agenda"
+BATCH = 1000
+
+
+def client_for(base_url: str) -> CivicBandClient:
+    return CivicBandClient(ClientSettings(base_url=base_url, retries=0))
+
+
+def prefetched(client: CivicBandClient, municipality: str):
+    """Pages in order while the next one is fetched in a thread: the overlap sync.py uses."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(client.fetch_page, municipality, DOCUMENT_TYPE, BATCH, None)
+        while pending is not None:
+            page = pending.result()
+            pending = None
+            if page.next_cursor is not None:
+                pending = pool.submit(client.fetch_page, municipality, DOCUMENT_TYPE, BATCH, page.next_cursor)
+            yield page
+
+
+def measure_fetch(args) -> dict:
+    client = client_for(args.base_url)
+    pages = prefetched(client, args.municipality) if args.prefetch else client.iter_pages(args.municipality, DOCUMENT_TYPE, BATCH)
+    rows = rejected = 0
+    start = time.perf_counter()
+    for page in pages:
+        rows += len(page.rows)
+        if args.parse:
+            rejected += sum(isinstance(parse_row(r), Rejection) for r in page.rows)
+    return {"rows": rows, "rejected": rejected, "seconds": time.perf_counter() - start}
+
+
+def measure_sync(args) -> dict:
+    from civicband_pipelines.store import MeetingStore
+    from civicband_pipelines.sync import sync_partition
+
+    client, store = client_for(args.base_url), MeetingStore(args.store)
+    before = peak_rss_mb()["vmrss_mb"]
+    start = time.perf_counter()
+    result = sync_partition(client, store, args.municipality, DOCUMENT_TYPE, batch_size=BATCH, restart=True)
+    seconds = time.perf_counter() - start
+    return {"rows": result.fetched, "created": result.created, "status": result.status,
+            "seconds": seconds, "rss_before_sync_mb": before}
+
+
+def measure_naive(args) -> dict:
+    """The replaced Django app's way: per row, SELECT by key, INSERT or UPDATE, commit."""
+    from civicband_pipelines.store import MeetingStore
+
+    records = first_records(client_for(args.base_url), args.municipality, args.rows)
+    store = MeetingStore(args.store)
+    start = time.perf_counter()
+    inserted = naive_upsert(store.engine, args.municipality, records)
+    return {"rows": len(records), "inserted": inserted, "seconds": time.perf_counter() - start}
+
+
+def first_records(client: CivicBandClient, municipality: str, n: int) -> list[dict]:
+    records = []
+    for page in client.iter_pages(municipality, DOCUMENT_TYPE, BATCH):
+        records += [r for r in map(parse_row, page.rows) if not isinstance(r, Rejection)]
+        if len(records) >= n:
+            break
+    return records[:n]
+
+
+def naive_upsert(engine, municipality: str, records: list[dict]) -> int:
+    import sqlalchemy as sa
+
+    from civicband_pipelines.schema import meeting_pages as t
+
+    inserted = 0
+    for record in records:
+        with engine.begin() as conn:  # one transaction, so one commit, per row
+            key = (t.c.municipality == municipality, t.c.document_type == DOCUMENT_TYPE,
+                   t.c.meeting_name == record["meeting_name"], t.c.meeting_date == record["meeting_date"],
+                   t.c.page_number == record["page_number"])
+            found = conn.execute(sa.select(t.c.id).where(*key)).first()
+            if found:
+                conn.execute(sa.update(t).where(t.c.id == found.id).values(**record, sync_generation=1))
+            else:
+                conn.execute(sa.insert(t).values(**record, municipality=municipality,
+                                                 document_type=DOCUMENT_TYPE, sync_generation=1))
+                inserted += 1
+    return inserted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=("fetch", "sync", "naive"))
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--municipality", required=True)
+    parser.add_argument("--store")
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--prefetch", action="store_true")
+    parser.add_argument("--parse", action="store_true")
+    args = parser.parse_args()
+    measure = {"fetch": measure_fetch, "sync": measure_sync, "naive": measure_naive}[args.what]
+    result = measure(args)
+    result["rows_per_second"] = result["rows"] / result["seconds"] if result["seconds"] else 0.0
+    print(json.dumps({**result, **peak_rss_mb()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Fleet orchestration: a UI-style backfill of N small partitions through a real Dagster daemon.
+
+Per variant: a fresh DAGSTER_HOME with the repo's dagster.yaml (plus the variant's overrides), a
+fresh meetings store, `dagster-daemon run` and `dagster-webserver` subprocesses on the repo's
+workspace.yaml, the municipalities registered as dynamic partitions, then the backfill launched
+with the UI's GraphQL mutation (`launchPartitionBackfill`, a job backfill of meeting_pages_job) and
+the runs polled until all are finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+from common import REPO, VENV_BIN, free_port, start_group, stop_group, wait_until
+
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+
+from civicband_pipelines.client import CivicBandClient
+from civicband_pipelines.config import ClientSettings
+from civicband_pipelines.partitions import MUNICIPALITY, partition_key
+from civicband_pipelines.store import MeetingStore
+from civicband_pipelines.sync import sync_partition
+from civicband_pipelines.verify import verify_counts
+
+JOB = "meeting_pages_job"
+PARTITION_SET = f"{JOB}_partition_set"
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+THREADS = {"dequeue_use_threads": True, "dequeue_num_workers": 4}
+TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+START_TIMEOUT = 120
+
+
+@dataclass(frozen=True)
+class Variant:
+    description: str
+    run_queue: dict = field(default_factory=dict)  # merged into dagster.yaml's run_queue
+    instance: dict = field(default_factory=dict)  # other top-level dagster.yaml keys
+    run_config: dict | None = None  # the backfill's run config (the UI's launchpad)
+
+    def dagster_yaml(self) -> dict:
+        config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+        config["run_queue"] = {**config["run_queue"], **self.run_queue}
+        return {**config, **copy.deepcopy(self.instance)}
+
+
+VARIANTS = {
+    "repo": Variant("repo dagster.yaml as is: max_concurrent_runs 8, dequeue every 5 s, one launch at a time; "
+                    "the job's default multiprocess executor"),
+    "threads": Variant("+ run_queue dequeue_use_threads, dequeue_num_workers 4", THREADS),
+    "in_process": Variant("+ in-process executor (backfill run config)", THREADS, run_config=IN_PROCESS),
+    "interval_1s": Variant("+ dequeue_interval_seconds 1", {**THREADS, "dequeue_interval_seconds": 1}, run_config=IN_PROCESS),
+    "max_4": Variant("+ max_concurrent_runs 4", {**THREADS, "dequeue_interval_seconds": 1, "max_concurrent_runs": 4},
+                     run_config=IN_PROCESS),
+    "max_16": Variant("+ max_concurrent_runs 16", {**THREADS, "dequeue_interval_seconds": 1, "max_concurrent_runs": 16},
+                      run_config=IN_PROCESS),
+    "daemon_threads": Variant(
+        "interval_1s + backfills use_threads, num_submit_workers 4",
+        {**THREADS, "dequeue_interval_seconds": 1},
+        instance={"backfills": {"use_threads": True, "num_workers": 4, "num_submit_workers": 4}},
+        run_config=IN_PROCESS,
+    ),
+}
+DEFAULT_VARIANTS = ("repo", "threads", "in_process", "interval_1s", "max_4", "max_16")
+
+
+def measure_fleet(base_url: str, work: Path, names: list[str], n: int, variants: list[str], timeout: float, log) -> dict:
+    keys = [str(partition_key(m, d)) for d in ("agenda", "minutes") for m in names][:n]
+    pure = measure_pure_sync(base_url, work / "pure", keys, log)
+    results = {"partitions": len(keys), "pure": pure, "variants": {}}
+    for name in variants:
+        log(f"fleet variant {name}: {len(keys)} partitions")
+        result = run_variant(VARIANTS[name], base_url, work / name, names, keys, timeout, log)
+        result["overhead_per_partition"] = result["wall_seconds"] / len(keys) - pure["per_partition_seconds"]
+        results["variants"][name] = result
+        log(f"  wall {result['wall_seconds']:.1f} s, {result['succeeded']}/{len(keys)} succeeded, "
+            f"overhead {result['overhead_per_partition']:.2f} s/partition")
+    return results
+
+
+def measure_pure_sync(base_url: str, work: Path, keys: list[str], log, sample: int = 20) -> dict:
+    """The work itself, without Dagster: sync + exact count check of each partition, in one process."""
+    work.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{work / 'meetings.db'}"
+    start = time.perf_counter()
+    store = MeetingStore(url)
+    open_seconds = time.perf_counter() - start
+    client = CivicBandClient(ClientSettings(base_url=base_url, retries=0))
+    sample_keys = keys[:sample]
+    start = time.perf_counter()
+    for key in sample_keys:
+        document_type, municipality = key.split("|")
+        sync_partition(client, store, municipality, document_type)
+        verify_counts(client, store, municipality, document_type)
+    per_partition = (time.perf_counter() - start) / len(sample_keys)
+    client.close()
+    store.dispose()
+    reopen = time.perf_counter()
+    MeetingStore(url).dispose()  # what each run process pays once: engine + migration check
+    log(f"  pure sync + check: {per_partition * 1000:.0f} ms/partition; opening a store {open_seconds * 1000:.0f} ms")
+    return {"per_partition_seconds": per_partition, "store_create_seconds": open_seconds,
+            "store_open_seconds": time.perf_counter() - reopen, "sample": len(sample_keys)}
+
+
+def run_variant(variant: Variant, base_url: str, home: Path, names: list[str], keys: list[str], timeout: float, log) -> dict:
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(variant.dagster_yaml()))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CIVICBAND_BASE_URL": base_url,
+           "CIVICBAND_DATABASE_URL": f"sqlite:///{home / 'meetings.db'}", "CIVICBAND_HOME": str(home / "civicband"),
+           "CIVICBAND_HTTP_RETRIES": "1"}
+    instance = dg.DagsterInstance.from_config(str(home))
+    instance.add_dynamic_partitions(MUNICIPALITY, names)
+    port = free_port()
+    workspace = ["-w", str(REPO / "workspace.yaml")]
+    daemon = web = None
+    try:
+        daemon = start_group([str(VENV_BIN / "dagster-daemon"), "run", *workspace], home / "daemon.log", env)
+        web = start_group([str(VENV_BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *workspace],
+                          home / "webserver.log", env)
+        graphql = f"http://127.0.0.1:{port}/graphql"
+        location, repository = wait_until(lambda: loaded_repository(graphql), START_TIMEOUT, 0.5, "the webserver")
+        wait_until(lambda: daemons_running(instance), START_TIMEOUT, 0.5, "daemon heartbeats")
+        launched = time.time()
+        backfill_id = launch_backfill(graphql, location, repository, keys, variant.run_config)
+        records, timed_out = wait_for_runs(instance, backfill_id, len(keys), timeout, log)
+        return {**summarize(records, launched, time.time()), "timed_out": timed_out}
+    finally:
+        stop_group(web)
+        stop_group(daemon)
+        instance.dispose()
+
+
+def wait_for_runs(instance: dg.DagsterInstance, backfill_id: str, n: int, timeout: float, log) -> tuple[list, bool]:
+    try:
+        return wait_until(lambda: finished_runs(instance, backfill_id, n), timeout, 1.0, "the backfill's runs"), False
+    except TimeoutError as error:
+        log(f"  {error}")
+        return instance.get_run_records(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})), True
+
+
+def loaded_repository(graphql: str) -> tuple[str, str] | None:
+    query = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+        locationOrLoadError { ... on RepositoryLocation { repositories { name } } } } } } }"""
+    try:
+        body = httpx.post(graphql, json={"query": query}, timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    for entry in body["data"]["workspaceOrError"].get("locationEntries", []):
+        location = entry.get("locationOrLoadError") or {}
+        if entry["loadStatus"] == "LOADED" and location.get("repositories"):
+            return entry["name"], location["repositories"][0]["name"]
+    return None
+
+
+def daemons_running(instance: dg.DagsterInstance) -> bool:
+    beats = instance.get_daemon_heartbeats()
+    return {"BACKFILL", "QUEUED_RUN_COORDINATOR"} <= set(beats)
+
+
+def launch_backfill(graphql: str, location: str, repository: str, keys: list[str], run_config: dict | None) -> str:
+    mutation = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+        __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+    params = {
+        "selector": {"partitionSetName": PARTITION_SET,
+                     "repositorySelector": {"repositoryLocationName": location, "repositoryName": repository}},
+        "partitionNames": keys,
+    }
+    if run_config:
+        params["runConfigData"] = run_config
+    body = httpx.post(graphql, json={"query": mutation, "variables": {"params": params}}, timeout=60).json()
+    answer = body.get("data", {}).get("launchPartitionBackfill") or {}
+    if answer.get("__typename") != "LaunchBackfillSuccess":
+        raise RuntimeError(f"backfill not launched: {body}")
+    return answer["backfillId"]
+
+
+def finished_runs(instance: dg.DagsterInstance, backfill_id: str, n: int):
+    """The backfill's run records once every partition has a finished run and none is still going."""
+    records = instance.get_run_records(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
+    done = {r.dagster_run.tags.get(PARTITION_NAME_TAG) for r in records if r.dagster_run.status in TERMINAL}
+    active = [r for r in records if r.dagster_run.status not in TERMINAL]
+    return records if len(done) >= n and not active else None
+
+
+def summarize(records, launched: float, now: float) -> dict:
+    created = [_timestamp(r.create_timestamp) for r in records]
+    starts = [r.start_time for r in records if r.start_time]
+    ends = [r.end_time for r in records if r.end_time]
+    durations = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+    waits = [r.start_time - _timestamp(r.create_timestamp) for r in records if r.start_time]
+    last_end = max(ends, default=now)
+    first_created = min(created, default=now)
+    return {
+        "wall_seconds": last_end - launched,
+        "pickup_seconds": first_created - launched,  # the backfill daemon's loop: until the first run exists
+        "runs_wall_seconds": last_end - first_created,
+        "runs": len(records),
+        "succeeded": sum(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records),
+        "failed": sum(r.dagster_run.status == DagsterRunStatus.FAILURE for r in records),
+        "mean_run_seconds": statistics.fmean(durations) if durations else float("nan"),
+        "mean_wait_seconds": statistics.fmean(waits) if waits else float("nan"),
+        "mean_concurrency": sum(durations) / (last_end - min(starts)) if durations and starts else float("nan"),
+    }
+
+
+def _timestamp(value: dt.datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()

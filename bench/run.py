@@ -1,0 +1,88 @@
+"""Issue 7's benchmark: sync throughput vs the fetch ceiling and naive upserts, memory, verification
+cost and Dagster fleet overhead, on SQLite and PostgreSQL. Writes a markdown report.
+
+  .venv/bin/python bench/run.py [--pages 200000] [--small 20000] [--naive-slice 5000] [--fleet 100]
+                                [--out BENCHMARKS.md]
+
+Everything runs against loopback servers this script starts (a Datasette replica, a throwaway
+PostgreSQL, Dagster daemon and webserver) and everything is stopped and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import fleet
+import report
+import setup_env
+import throughput
+
+from civicband_pipelines_tests.pg_server import running_postgres
+from civicband_pipelines_tests.replica_process import running_replica
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", type=int, default=200_000, help="agenda pages of the large municipality")
+    parser.add_argument("--small", type=int, default=20_000, help="agenda pages of the small municipality")
+    parser.add_argument("--naive-slice", type=int, default=5000, help="rows upserted one by one (naive)")
+    parser.add_argument("--fleet", type=int, default=100, help="partitions in the Dagster backfill (0 = skip)")
+    parser.add_argument("--fleet-variants", default=",".join(fleet.DEFAULT_VARIANTS),
+                        help=f"comma-separated, from: {', '.join(fleet.VARIANTS)}")
+    parser.add_argument("--fleet-timeout", type=float, default=420, help="seconds per fleet backfill")
+    parser.add_argument("--out", type=Path, default=common.REPO / "BENCHMARKS.md")
+    return parser.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="civicband-bench-"))
+    try:
+        results = run_all(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["total_seconds"] = time.monotonic() - started
+    args.out.write_text(report.render(results, args))
+    log(f"wrote {args.out} ({results['total_seconds']:.0f} s in all)")
+    return 0
+
+
+def run_all(args, work: Path) -> dict:
+    replica_root = work / "replica"
+    log(f"building the replica in {replica_root}")
+    small = setup_env.build_measured(replica_root, "small.bench", args.small, seed=2)
+    large = setup_env.build_measured(replica_root, "large.bench", args.pages, seed=1)
+    fleet_names = setup_env.build_fleet(replica_root, (args.fleet + 1) // 2) if args.fleet else []
+    setup_env.warm_page_cache(replica_root)
+    results: dict = {"machine": report.machine()}
+    with running_replica(replica_root, proxy=False) as replica, running_postgres("civicband_bench") as pg_url:
+        results["machine"]["postgresql"] = report.postgres_version(pg_url)
+        base_url = replica.direct_url_template
+        stores = setup_env.Stores(work, pg_url)
+        results["partitions"] = []
+        for muni, naive in ((small, None), (large, args.naive_slice)):
+            log(f"partition {muni.subdomain}/agenda: {muni.agenda_pages} pages")
+            results["partitions"].append(throughput.measure_partition(base_url, stores, muni, naive, log))
+        if args.fleet:
+            results["fleet"] = fleet.measure_fleet(
+                base_url, work / "fleet", fleet_names, args.fleet, args.fleet_variants.split(","), args.fleet_timeout, log
+            )
+    return results
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)

@@ -1,0 +1,168 @@
+"""One sync per municipality at a time, whoever starts it (CLI, UI run, sensor run).
+
+The Dagster run queue already keeps queued runs of one municipality apart; this guard also covers
+paths that bypass the queue (the CLI, in-process runs). A holder keeps a lease row fresh with a
+heartbeat; on PostgreSQL it also holds a session advisory lock on a connection of its own, which the
+server drops the moment the holder dies. On SQLite a lease whose heartbeat is older than
+`stale_after` belonged to a dead process and is taken over.
+"""
+
+import datetime as dt
+import hashlib
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from .schema import sync_leases
+from .store import MeetingStore, utcnow
+
+DEFAULT_STALE_AFTER = 90.0  # seconds without a heartbeat before a lease is presumed dead
+
+
+class MunicipalityBusy(Exception):
+    """Another sync of this municipality is in progress."""
+
+
+@dataclass(frozen=True)
+class SyncOwner:
+    """Who asks for the lease, for the refusal message others get."""
+
+    document_type: str
+    mode: str = "full"
+    trigger: str = "cli"
+    run_id: str | None = None
+
+
+def stale_after_from_env() -> float:
+    return float(os.environ.get("CIVICBAND_LEASE_STALE_SECONDS") or DEFAULT_STALE_AFTER)
+
+
+class MunicipalityLease:
+    """Context manager holding the municipality's lease, heartbeating in the background."""
+
+    def __init__(self, store: MeetingStore, municipality: str, owner: SyncOwner, stale_after: float | None = None):
+        self.store, self.municipality, self.owner = store, municipality, owner
+        self.stale_after = stale_after or stale_after_from_env()
+        self.holder = uuid.uuid4().hex
+        self._lock_connection: sa.Connection | None = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def __enter__(self) -> "MunicipalityLease":
+        if self.store.engine.dialect.name == "postgresql":
+            self._take_advisory_lock()
+        try:
+            self._claim_row()
+        except BaseException:
+            self._release_advisory_lock()
+            raise
+        self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.municipality}", daemon=True)
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._heartbeat:
+            self._heartbeat.join(timeout=10)
+        with self.store.writer.begin() as conn:
+            conn.execute(sa.delete(sync_leases).where(self._mine()))
+        self._release_advisory_lock()
+
+    # -- PostgreSQL: the lock dies with its connection ----------------------------------------------
+
+    def _take_advisory_lock(self) -> None:
+        connection = _try_advisory_lock(self.store, self.municipality)
+        if connection is None:
+            raise MunicipalityBusy(refusal(self.municipality, self.store.lease(self.municipality)))
+        self._lock_connection = connection
+
+    def _release_advisory_lock(self) -> None:
+        if self._lock_connection is not None:
+            self._lock_connection.invalidate()  # closing the session releases the lock for sure
+            self._lock_connection = None
+
+    # -- the lease row ----------------------------------------------------------------------------
+
+    def _claim_row(self) -> None:
+        now = utcnow()
+        with self.store.writer.begin() as conn:
+            current = conn.execute(sa.select(sync_leases).where(sync_leases.c.municipality == self.municipality)).first()
+            # Under the advisory lock a leftover row can only belong to a dead holder.
+            if current and self._lock_connection is None and not is_stale(current.heartbeat_at, self.stale_after, now):
+                raise MunicipalityBusy(refusal(self.municipality, dict(current._mapping), now))
+            if current:
+                conn.execute(sa.delete(sync_leases).where(sync_leases.c.municipality == self.municipality))
+            conn.execute(sync_leases.insert().values(
+                municipality=self.municipality, holder=self.holder, document_type=self.owner.document_type,
+                mode=self.owner.mode, trigger=self.owner.trigger, run_id=self.owner.run_id,
+                host=socket.gethostname(), pid=os.getpid(), started_at=now, heartbeat_at=now,
+            ))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.stale_after / 4):
+            with self.store.writer.begin() as conn:
+                conn.execute(sa.update(sync_leases).where(self._mine()).values(heartbeat_at=utcnow()))
+
+    def _mine(self):
+        return sa.and_(sync_leases.c.municipality == self.municipality, sync_leases.c.holder == self.holder)
+
+
+def active_lease(store: MeetingStore, municipality: str, stale_after: float | None = None) -> dict | None:
+    """The lease of a sync of this municipality that is alive right now, or None."""
+    if store.engine.dialect.name == "postgresql":
+        connection = _try_advisory_lock(store, municipality)
+        if connection is not None:  # nobody holds it
+            connection.invalidate()
+            return None
+        return store.lease(municipality) or {}
+    lease = store.lease(municipality)
+    return lease if lease and not is_stale(lease["heartbeat_at"], stale_after or stale_after_from_env()) else None
+
+
+def _try_advisory_lock(store: MeetingStore, municipality: str) -> sa.Connection | None:
+    """A connection holding the municipality's session advisory lock, or None if another session has it."""
+    connection = store.engine.connect()
+    key = int.from_bytes(hashlib.sha256(municipality.encode()).digest()[:8], "big", signed=True)
+    if not connection.execute(sa.text("select pg_try_advisory_lock(:key)"), {"key": key}).scalar():
+        connection.close()
+        return None
+    connection.commit()  # end the implicit transaction; the session lock stays
+    return connection
+
+
+def is_stale(heartbeat_at: dt.datetime, stale_after: float, now: dt.datetime | None = None) -> bool:
+    now = now or utcnow()
+    if heartbeat_at.tzinfo is None:  # SQLite returns naive UTC
+        heartbeat_at = heartbeat_at.replace(tzinfo=dt.timezone.utc)
+    return (now - heartbeat_at).total_seconds() > stale_after
+
+
+def refusal(municipality: str, lease: dict | None, now: dt.datetime | None = None) -> str:
+    """The message the original system promised, with who holds the municipality."""
+    if not lease:
+        return f"Backfill already in progress for {municipality}. Check the UI or wait."
+    started = lease["started_at"]
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=dt.timezone.utc)
+    minutes = int(((now or utcnow()) - started).total_seconds() // 60)
+    ago = "just now" if minutes < 1 else f"{minutes} minute{'s' if minutes != 1 else ''} ago"
+    run = f"run {lease['run_id']}" if lease.get("run_id") else f"pid {lease['pid']} on {lease['host']}"
+    return (
+        f"Backfill already in progress for {municipality} (started: {ago}). "
+        f"Active: {lease['trigger']} {run}, {lease['document_type']} {lease['mode']} mode. Check the UI or wait."
+    )
+
+
+def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None) -> int:
+    """Mark `running` jobs whose municipality has no live lease as failed: their process died.
+
+    Their saved cursor stays, so the next run resumes. Returns how many jobs were settled.
+    """
+    live = {m for m in store.running_municipalities() if active_lease(store, m, stale_after) is not None}
+    return store.fail_running_jobs(
+        exclude=live, error="the sync stopped without reporting (process killed?); the next run resumes at its cursor"
+    )

@@ -134,8 +134,8 @@ def test_verify_reports_missing_pages_and_exit_code(cli_env, store, replica_root
 
 
 def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true(cli_env, store, replica, municipality, replica_root):
-    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.05)
-    first = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--batch-size=7")
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.2)  # the first sync takes ~10 s
+    first = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
     try:
         wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 14, what="first sync")
         second = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=minutes")

@@ -1,5 +1,6 @@
 """The `meeting_pages` asset: a thin Dagster wrapper around sync.sync_partition."""
 
+import os
 from typing import Literal
 
 import dagster as dg
@@ -59,7 +60,7 @@ def meeting_pages(
                 restart=config.restart,
                 mode=config.mode,
                 window_days=config.window_days,
-                time_budget=config.time_budget_seconds,
+                time_budget=config.time_budget_seconds or default_time_budget(),
                 trigger=context.run.tags.get(TRIGGER_TAG, "ui"),
                 run_id=context.run_id,
                 log=context.log,
@@ -67,6 +68,12 @@ def meeting_pages(
         except (UpstreamError, MunicipalityBusy) as error:  # retrying cannot help
             raise dg.Failure(str(error), allow_retries=False) from error
     return dg.MaterializeResult(metadata=sync_metadata(result, client.site_url(municipality)))
+
+
+def default_time_budget() -> float | None:
+    """CIVICBAND_TIME_BUDGET_SECONDS: how long one run may sync before it checkpoints and chains a continuation."""
+    value = os.environ.get("CIVICBAND_TIME_BUDGET_SECONDS")
+    return float(value) if value else None
 
 
 def sync_metadata(result: SyncResult, site_url: str) -> dict:

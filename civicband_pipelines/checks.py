@@ -31,7 +31,9 @@ def matches_upstream(
         result = verify_counts(client, store, municipality, document_type)
         if not result.passed:
             result = verify_ids(client, store, municipality, document_type)
-    store.record_verification(municipality, document_type, result.expected, result.actual, result.verified_at)
+    store.record_verification(
+        municipality, document_type, result.expected, result.actual, result.passed, result.verified_at
+    )
     context.log.info(result.summary())
     return dg.AssetCheckResult(passed=result.passed, metadata=verification_metadata(result))
 

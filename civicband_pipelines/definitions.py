@@ -6,6 +6,7 @@ from .assets import coverage_report, meeting_pages
 from .checks import matches_upstream
 from .partitions import meeting_page_partitions
 from .resources import CivicBandResource, MeetingStoreResource
+from .sensors import sync_followup_sensor, webhook_sensor
 
 meeting_pages_job = dg.define_asset_job(
     "meeting_pages_job",
@@ -25,5 +26,6 @@ defs = dg.Definitions(
     assets=[meeting_pages, coverage_report],
     asset_checks=[matches_upstream],
     jobs=[meeting_pages_job, verify_job],
+    sensors=[webhook_sensor, sync_followup_sensor],
     resources={"civicband": CivicBandResource(), "meeting_store": MeetingStoreResource()},
 )

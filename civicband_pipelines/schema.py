@@ -78,6 +78,7 @@ backfill_jobs = sa.Table(
     sa.Column("expected_count", sa.BigInteger),
     sa.Column("actual_count", sa.BigInteger),
     sa.Column("verified_at", sa.DateTime(timezone=True)),
+    sa.Column("verified_ok", sa.Boolean),  # the last verification matched upstream exactly
     sa.Column("last_error", sa.Text),
     sa.Column("full_synced_at", sa.DateTime(timezone=True)),  # last completed full sync
     sa.Column("repair_attempts", sa.Integer, nullable=False, server_default="0"),  # resyncs since a check passed

@@ -306,12 +306,20 @@ class MeetingStore:
         with self.engine.connect() as conn:
             return set(conn.execute(query).scalars())
 
-    def record_verification(self, municipality: str, document_type: str, expected: int, actual: int, at: dt.datetime) -> None:
+    def record_verification(
+        self, municipality: str, document_type: str, expected: int, actual: int, passed: bool, at: dt.datetime
+    ) -> None:
         """Store a verification result; the job's status is left alone so nothing is ever blocked."""
+        values = {"expected_count": expected, "actual_count": actual, "verified_ok": passed, "verified_at": at}
+        if passed:
+            values["repair_attempts"] = 0
         with self.writer.begin() as conn:
-            values = {"expected_count": expected, "actual_count": actual, "verified_at": at, "updated_at": utcnow()}
-            if conn.execute(_job_update(municipality, document_type).values(**values)).rowcount == 0:
+            if conn.execute(_job_update(municipality, document_type).values(**values, updated_at=utcnow())).rowcount == 0:
                 conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type, **values))
+
+    def count_repair(self, municipality: str, document_type: str) -> None:
+        with self.writer.begin() as conn:
+            conn.execute(_job_update(municipality, document_type).values(repair_attempts=backfill_jobs.c.repair_attempts + 1))
 
     def rejections(self, municipality: str, document_type: str) -> list[dict]:
         query = sa.select(rejected_rows).where(*_in_partition(rejected_rows, municipality, document_type))

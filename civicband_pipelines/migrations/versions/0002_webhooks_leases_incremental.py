@@ -45,6 +45,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('window_end', sa.Date(), nullable=True))
         batch_op.add_column(sa.Column('full_synced_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('repair_attempts', sa.Integer(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('verified_ok', sa.Boolean(), nullable=True))
 
 
 
@@ -52,6 +53,7 @@ def upgrade() -> None:
 def downgrade() -> None:
 
     with op.batch_alter_table('backfill_jobs', schema=None) as batch_op:
+        batch_op.drop_column('verified_ok')
         batch_op.drop_column('repair_attempts')
         batch_op.drop_column('full_synced_at')
         batch_op.drop_column('window_end')

@@ -1,0 +1,100 @@
+"""Sensors that turn stored facts into runs: webhook events, paused syncs, failed verifications."""
+
+import os
+
+import dagster as dg
+
+from .assets import TRIGGER_TAG
+from .leases import settle_dead_syncs
+from .naming import DOCUMENT_TYPES
+from .partitions import MUNICIPALITY, municipality_partitions, partition_key, partition_tags
+from .resources import MeetingStoreResource
+from .store import MeetingStore
+from .sync import BUDGET_PAUSE
+
+MAX_REPAIRS = int(os.environ.get("CIVICBAND_MAX_REPAIRS") or 2)  # full resyncs per failing partition
+# How often the daemon evaluates the sensors (tests lower it).
+INTERVAL = int(os.environ.get("CIVICBAND_SENSOR_INTERVAL_SECONDS") or 15)
+_PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+
+
+@dg.sensor(
+    job_name="meeting_pages_job",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=INTERVAL,
+    description="Turns civic.band update webhooks into runs: new municipalities become partitions and get a "
+    "full backfill; changed ones get an incremental sync. A burst of events makes one run per partition.",
+)
+def webhook_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingStoreResource) -> dg.SensorResult:
+    store = meeting_store.store()
+    events = store.webhook_events_after(int(context.cursor or 0))
+    if not events:
+        return dg.SensorResult(skip_reason="no new webhook events")
+    known = set(context.instance.get_dynamic_partitions(MUNICIPALITY))
+    new = sorted({e["subdomain"] for e in events} - known)
+    changed = sorted({e["subdomain"] for e in events if e["changed"]} | set(new))
+    last_event = events[-1]["id"]
+    requests = [
+        _webhook_run(store, m, d, last_event)
+        for m in changed
+        for d in DOCUMENT_TYPES
+        if not _has_pending_run(context.instance, m, d)  # a queued run will see the latest upstream anyway
+    ]
+    context.log.info("events up to %d: %d new municipalities, %d runs", last_event, len(new), len(requests))
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=str(last_event),
+        dynamic_partitions_requests=[municipality_partitions.build_add_request(new)] if new else [],
+    )
+
+
+def _webhook_run(store: MeetingStore, municipality: str, document_type: str, event_id: int) -> dg.RunRequest:
+    job = store.job(municipality, document_type)
+    mode = "incremental" if job and job["full_synced_at"] else "full"
+    return _sync_request(municipality, document_type, f"webhook-{event_id}", "webhook", mode=mode, event=str(event_id))
+
+
+@dg.sensor(
+    job_name="meeting_pages_job",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=2 * INTERVAL,
+    description="Keeps job status true (dead syncs become failed), continues syncs paused by their time budget, "
+    f"and resyncs a completed partition that fails verification (at most {MAX_REPAIRS} times in a row).",
+)
+def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingStoreResource) -> dg.SensorResult:
+    store = meeting_store.store()
+    settle_dead_syncs(store)
+    requests = []
+    for job in store.jobs():
+        request = _followup(job)
+        if request and not _has_pending_run(context.instance, job["municipality"], job["document_type"]):
+            if request.tags[TRIGGER_TAG] == "repair":
+                store.count_repair(job["municipality"], job["document_type"])
+            requests.append(request)
+    return dg.SensorResult(run_requests=requests) if requests else dg.SensorResult(skip_reason="nothing to follow up")
+
+
+def _followup(job: dict) -> dg.RunRequest | None:
+    municipality, document_type = job["municipality"], job["document_type"]
+    if job["status"] == "paused" and (job["last_error"] or "").startswith(BUDGET_PAUSE):
+        key = f"continue-{job['sync_generation']}-{job['pages_fetched']}"
+        return _sync_request(municipality, document_type, key, "continuation", mode=job["mode"])
+    if job["status"] == "completed" and job["verified_ok"] is False and job["repair_attempts"] < MAX_REPAIRS:
+        key = f"repair-{job['verified_at'].isoformat()}"
+        return _sync_request(municipality, document_type, key, "repair", mode="full", restart=True)
+    return None
+
+
+def _sync_request(municipality: str, document_type: str, key: str, trigger: str, *, mode: str, restart: bool = False, event: str | None = None) -> dg.RunRequest:
+    tags = {TRIGGER_TAG: trigger, "civicband/mode": mode} | ({"civicband/event": event} if event else {})
+    return dg.RunRequest(
+        run_key=f"{key}-{municipality}-{document_type}",
+        partition_key=partition_key(municipality, document_type),
+        run_config={"ops": {"meeting_pages": {"config": {"mode": mode, "restart": restart}}}},
+        tags=tags,
+    )
+
+
+def _has_pending_run(instance: dg.DagsterInstance, municipality: str, document_type: str) -> bool:
+    runs_filter = dg.RunsFilter(tags=partition_tags(municipality, document_type), statuses=_PENDING)
+    return bool(instance.get_run_records(filters=runs_filter, limit=1))

@@ -17,8 +17,10 @@ BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
 VENV_BIN = Path(PYTHON).parent
 
-if str(REPO) not in sys.path:  # civicband_pipelines_tests is not installed, only importable from the repo
-    sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    # civicband_pipelines_tests is not installed, only importable from the repo. Appended, so that
+    # PYTHONPATH=<a copy of the code> measures that copy instead of the installed package.
+    sys.path.append(str(REPO))
 
 
 def peak_rss_mb() -> dict:

@@ -1,0 +1,117 @@
+"""Exact verification and convergence of full syncs, against the replica, on SQLite and PostgreSQL."""
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from civicband_pipelines.replica.generate import add_documents, delete_documents, reocr_pages
+from civicband_pipelines.schema import meeting_pages
+from civicband_pipelines.sync import sync_partition
+from civicband_pipelines.verify import verify_counts, verify_ids
+
+from .conftest import make_municipality
+from .upstream import assert_equals_upstream, replica_db, upstream_rows
+
+
+def delete_local_pages(store, municipality: str, document_type: str, upstream_ids: list[str]) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(meeting_pages).where(
+            meeting_pages.c.municipality == municipality,
+            meeting_pages.c.document_type == document_type,
+            meeting_pages.c.upstream_id.in_(upstream_ids),
+        ))
+
+
+def test_a_partition_of_more_than_10001_pages_verifies_with_its_exact_count(client, store, replica, replica_root):
+    municipality = make_municipality(replica_root, documents=1050, pages=(10, 10), text_chars=100)
+    capped = httpx.get(replica.base_url_template.format(subdomain=municipality) + "/meetings/agendas.json",
+                       params={"_extra": "count", "_size": 1}).json()["count"]
+    assert capped == 10001  # why the count comes from SQL
+
+    sync_partition(client, store, municipality, "agenda")
+    result = verify_counts(client, store, municipality, "agenda")
+    assert result.expected == len(upstream_rows(replica_root, municipality, "agenda")) == 10500
+    assert (result.actual, result.missing, result.extra, result.passed) == (10500, 0, 0, True)
+
+
+def test_after_deleting_k_local_pages_verify_reports_exactly_k_missing_and_names_documents(client, store, replica_root, municipality):
+    sync_partition(client, store, municipality, "agenda")
+    pages = sorted(store.iter_pages(municipality, "agenda"), key=lambda p: (p["meeting_name"], p["meeting_date"], p["page_number"]))
+    victims = pages[:3] + pages[-2:]  # 5 pages from at least 2 documents
+    delete_local_pages(store, municipality, "agenda", [p["upstream_id"] for p in victims])
+
+    counted = verify_counts(client, store, municipality, "agenda")
+    assert (counted.passed, counted.missing, counted.extra) == (False, 5, 0)
+    deep = verify_ids(client, store, municipality, "agenda")
+    assert (deep.passed, deep.missing, deep.extra) == (False, 5, 0)
+    expected_docs = {}
+    for page in victims:
+        key = (page["meeting_name"], str(page["meeting_date"]))
+        expected_docs[key] = expected_docs.get(key, 0) + 1
+    assert dict(deep.missing_pages) == expected_docs
+    names = deep.documents()
+    assert names["stale"] == names["extra"] == []
+    assert names["missing"] == [f"{m} {d} ({n} missing)" for (m, d), n in sorted(expected_docs.items())]
+
+
+def test_one_full_sync_converges_after_reocr_deletions_and_additions(client, store, replica_root, municipality):
+    sync_partition(client, store, municipality, "minutes", batch_size=50)
+    db = replica_db(replica_root, municipality)
+    reocr = reocr_pages(db, "minutes", 10, seed=3)
+    gone = delete_documents(db, "minutes", 2, seed=3)
+    added = add_documents(db, "minutes", 3, pages=4, seed=3)
+
+    before = verify_ids(client, store, municipality, "minutes")
+    assert not before.passed
+    names = before.documents()
+    named = {kind: {tuple(n.split(" (")[0].split(" ")) for n in names[kind]} for kind in names}
+    assert set(gone.documents) <= named["extra"] and set(added.documents) <= named["missing"]
+    assert names["stale"], "re-OCR'd documents show as stale"
+    assert before.missing == len(set(reocr.added) - set(gone.removed)) + len(added.added)
+
+    result = sync_partition(client, store, municipality, "minutes", batch_size=50)
+    assert result.created == len(added.added) and result.deleted == len(gone.removed)
+    assert_equals_upstream(store, replica_root, municipality, "minutes")
+    after = verify_ids(client, store, municipality, "minutes")
+    assert (after.passed, after.missing, after.extra) == (True, 0, 0)
+
+
+@pytest.mark.parametrize("window_days", [180])
+def test_incremental_sync_fetches_only_the_window_and_reconciles_it(client, store, replica, replica_root, window_days):
+    import datetime as dt
+
+    today = dt.date.today()
+    municipality = make_municipality(
+        replica_root, documents=200, pages=(5, 5), text_chars=100,
+        start_date=today - dt.timedelta(days=6 * 365), end_date=today + dt.timedelta(days=30),
+    )
+    sync_partition(client, store, municipality, "agenda", batch_size=100)
+    db = replica_db(replica_root, municipality)
+    added = add_documents(db, "agenda", 4, pages=5, seed=9)  # within the last 30 days
+    replica.reset_stats()
+
+    result = sync_partition(client, store, municipality, "agenda", batch_size=100, mode="incremental", window_days=window_days)
+    assert result.mode == "incremental" and result.created == len(added.added)
+    total = len(upstream_rows(replica_root, municipality, "agenda"))
+    assert result.fetched < total / 2, (result.fetched, total)  # most documents are older than 180 days
+    assert replica.fault_stats()["table_pages"] <= (total // 100 + 1) / 2
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+    assert store.job(municipality, "agenda")["mode"] == "incremental"
+
+
+def test_incremental_on_a_never_synced_partition_becomes_a_full_sync(client, store, replica_root, municipality):
+    result = sync_partition(client, store, municipality, "agenda", mode="incremental")
+    assert result.mode == "full"
+    assert store.job(municipality, "agenda")["full_synced_at"] is not None
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_time_budget_pauses_at_a_checkpoint_and_the_next_run_continues(client, store, replica_root, municipality):
+    total = len(upstream_rows(replica_root, municipality, "agenda"))
+    first = sync_partition(client, store, municipality, "agenda", batch_size=10, time_budget=0.0)
+    assert first.status == "paused" and first.batches == 1
+    job = store.job(municipality, "agenda")
+    assert job["status"] == "paused" and job["last_error"].startswith("time budget") and job["last_cursor"]
+    rest = sync_partition(client, store, municipality, "agenda", batch_size=10)
+    assert rest.resumed_from == job["last_cursor"] and rest.fetched == total - 10
+    assert_equals_upstream(store, replica_root, municipality, "agenda")

@@ -1,0 +1,83 @@
+"""The civic.band client against the real replica and its misbehaving proxy."""
+
+import dataclasses
+import time
+
+import pytest
+
+from civicband_pipelines.client import CivicBandClient, TransientError, UnknownMunicipality, UpstreamError
+from civicband_pipelines.naming import InvalidSubdomain
+
+from .replica_process import running_replica
+from .upstream import upstream_rows
+
+
+def test_pages_through_a_table_with_keyset_cursors(client, replica_root, municipality):
+    ids = [row["id"] for page in client.iter_pages(municipality, "agenda", 13) for row in page.rows]
+    assert sorted(ids) == sorted(r["id"] for r in upstream_rows(replica_root, municipality, "agenda"))
+    assert len(ids) == len(set(ids))
+    assert any("~" in i and "&" in i for i in ids)  # URL-special ids came through the cursor
+    assert client.count(municipality, "agenda") == len(ids)
+
+
+def test_unknown_municipality_is_reported_not_parsed(client, replica):
+    replica.reset_stats()
+    with pytest.raises(UnknownMunicipality, match="no such municipality on civic.band: 'nowhere.zz'"):
+        client.fetch_page("nowhere.zz", "agenda", 10, None)
+    assert replica.fault_stats()["requests"] == 1  # not retried
+
+
+@pytest.mark.parametrize("subdomain", ["Oakland.CA", "evil.com/../x", "a..b", "-x.ca", "x.ca:80", "", "a b"])
+def test_invalid_subdomains_never_reach_the_network(client, replica, subdomain):
+    replica.reset_stats()
+    with pytest.raises(InvalidSubdomain):
+        client.fetch_page(subdomain, "agenda", 10, None)
+    assert replica.fault_stats()["requests"] == 0
+
+
+def test_other_4xx_fail_at_once_with_the_upstream_message(client, replica, municipality):
+    replica.reset_stats()
+    with pytest.raises(UpstreamError, match="_size must be <= 1000"):
+        client._get_json(municipality, "/meetings/agendas.json", [("_size", "1001")])
+    assert replica.fault_stats()["requests"] == 1
+
+
+@pytest.mark.parametrize("kind", ["error_500", "error_503", "rate_429", "rate_402", "slow", "drop", "truncate", "invalid_body"])
+def test_each_transient_fault_is_retried_with_backoff(client, replica, municipality, kind):
+    replica.set_faults(rate=1.0, kinds=[kind], max_faults=2, retry_after=0, slow_seconds=3.0)
+    replica.reset_stats()
+    page = client.fetch_page(municipality, "agenda", 5, None)
+    assert len(page.rows) == 5
+    stats = replica.fault_stats()
+    assert stats["faults"] == {kind: 2} and stats["table_pages_ok"] == 1
+
+
+def test_gives_up_after_its_retries_with_a_clear_error(client_settings, replica, municipality):
+    replica.set_faults(rate=1.0, kinds=["error_503"])
+    replica.reset_stats()
+    with CivicBandClient(dataclasses.replace(client_settings, retries=2)) as client:
+        with pytest.raises(TransientError, match="HTTP 503"):
+            client.fetch_page(municipality, "agenda", 5, None)
+    assert replica.fault_stats()["requests"] == 3
+
+
+def test_retry_after_is_honoured(client_settings, replica, municipality):
+    replica.set_faults(rate=1.0, kinds=["rate_429"], max_faults=1, retry_after=1)
+    started = time.monotonic()
+    with CivicBandClient(client_settings) as client:  # backoff 0.01 s: only Retry-After explains a 1 s wait
+        client.fetch_page(municipality, "agenda", 5, None)
+    assert time.monotonic() - started >= 1.0
+
+
+def test_service_secret_lifts_the_public_page_cap(client_settings, replica_root, municipality):
+    with running_replica(replica_root, proxy=False, service_secret="s3cret") as guarded:
+        settings = dataclasses.replace(client_settings, base_url=guarded.base_url_template)
+        with CivicBandClient(settings) as anonymous:
+            assert len(anonymous.fetch_page(municipality, "agenda", 200, None).rows) == 100
+        with CivicBandClient(dataclasses.replace(settings, service_secret="s3cret")) as trusted:
+            assert len(trusted.fetch_page(municipality, "agenda", 200, None).rows) == 200
+
+
+def test_batch_size_is_bounded(client, municipality):
+    with pytest.raises(ValueError, match="between 1 and 1000"):
+        client.fetch_page(municipality, "agenda", 1001, None)

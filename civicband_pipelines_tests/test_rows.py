@@ -1,0 +1,53 @@
+"""Row validation: every odd upstream row gets a reason; good rows become page records."""
+
+import datetime as dt
+
+import pytest
+
+from civicband_pipelines.rows import Rejection, parse_row
+
+GOOD = {"id": "0f3a9c2e11b7", "meeting": "CityCouncil", "date": "2024-01-15", "page": 3, "text": "Roll call",
+        "page_image": "/_agendas/CityCouncil/2024-01-15/3.png", "entities_json": None, "votes_json": "[]"}
+
+
+def test_a_good_row_becomes_a_page_record():
+    assert parse_row(GOOD) == {
+        "upstream_id": "0f3a9c2e11b7", "meeting_name": "CityCouncil", "meeting_date": dt.date(2024, 1, 15),
+        "page_number": 3, "text": "Roll call", "page_image": "/_agendas/CityCouncil/2024-01-15/3.png",
+        "entities_json": None, "votes_json": "[]",
+    }
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"meeting": None}, "meeting is missing"),
+    ({"meeting": "  "}, "meeting is missing"),
+    ({"date": "2024-13-45"}, "date is not a YYYY-MM-DD date: '2024-13-45'"),
+    ({"date": "TBD"}, "date is not a YYYY-MM-DD date: 'TBD'"),
+    ({"date": "2024-1-5"}, "date is not"),
+    ({"page": "abc"}, "page is not a positive integer: 'abc'"),
+    ({"page": 0}, "page is not a positive integer: 0"),
+    ({"page": True}, "page is not a positive integer"),
+    ({"page": 2.5}, "page is not a positive integer"),
+    ({"id": None}, "id is missing"),
+    ({"id": "x" * 300}, "id is longer than 255"),
+    ({"text": 42}, "text is not text"),
+])
+def test_odd_rows_are_rejected_with_a_reason_and_the_raw_row(change, reason):
+    rejection = parse_row(GOOD | change)
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason.startswith(reason)
+    assert '"meeting"' in rejection.raw
+
+
+def test_nul_characters_are_removed_and_empty_or_null_text_is_kept():
+    assert parse_row(GOOD | {"text": "a\x00b"})["text"] == "ab"
+    assert parse_row(GOOD | {"text": ""})["text"] == ""
+    assert parse_row(GOOD | {"text": None})["text"] is None
+
+
+def test_json_columns_given_as_objects_are_stored_as_json_text():
+    assert parse_row(GOOD | {"entities_json": {"people": ["A"]}})["entities_json"] == '{"people": ["A"]}'
+
+
+def test_a_row_that_is_not_an_object_is_rejected():
+    assert isinstance(parse_row(["not", "a", "row"]), Rejection)

@@ -1,0 +1,124 @@
+"""The Dagster wiring, executed in process against the replica: asset, check, coverage, sensors."""
+
+import datetime as dt
+import json
+
+import dagster as dg
+import pytest
+
+from civicband_pipelines.assets import coverage_report
+from civicband_pipelines.definitions import defs
+from civicband_pipelines.naming import DOCUMENT_TYPES
+from civicband_pipelines.partitions import MUNICIPALITY, partition_key, partition_tags
+from civicband_pipelines.resources import CivicBandResource, MeetingStoreResource
+from civicband_pipelines.sensors import MAX_REPAIRS, sync_followup_sensor, webhook_sensor
+
+from .test_verify import delete_local_pages
+from .upstream import assert_equals_upstream
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIVICBAND_HOME", str(tmp_path / "home"))
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def resources(client_settings, store_url):
+    return {"civicband": CivicBandResource(base_url=client_settings.base_url, timeout=client_settings.timeout),
+            "meeting_store": MeetingStoreResource(database_url=store_url)}
+
+
+def run_job(name, instance, resources, municipality, document_type, run_config=None):
+    job = defs.resolve_job_def(name)
+    return job.execute_in_process(
+        instance=instance, resources=resources, run_config=run_config or {},
+        tags=partition_tags(municipality, document_type), raise_on_error=False,
+    )
+
+
+def test_definitions_describe_the_partitioned_asset_and_its_check():
+    asset = defs.resolve_assets_def("meeting_pages")
+    dims = {d.name for d in asset.partitions_def.partitions_defs}
+    assert dims == {"municipality", "document_type"}
+    assert asset.descriptions_by_key[dg.AssetKey("meeting_pages")]
+    checks = list(defs.resolve_asset_graph().asset_check_keys)
+    assert dg.AssetCheckKey(dg.AssetKey("meeting_pages"), "matches_upstream") in checks
+    assert {s.name for s in defs.sensors} == {"webhook_sensor", "sync_followup_sensor"}
+
+
+def test_materialization_records_metadata_and_the_check_passes(instance, resources, store, replica_root, municipality):
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    result = run_job("meeting_pages_job", instance, resources, municipality, "agenda",
+                     {"ops": {"meeting_pages": {"config": {"batch_size": 50}}}})
+    assert result.success
+    metadata = result.asset_materializations_for_node("meeting_pages")[0].metadata
+    for key in ("pages_fetched", "pages_created", "pages_updated", "pages_rejected", "rows_per_second", "resumed", "source"):
+        assert key in metadata
+    assert metadata["pages_rejected"].value == 4
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed and evaluation.metadata["missing"].value == 0
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+    job = store.job(municipality, "agenda")
+    assert job["verified_ok"] is True and job["expected_count"] == job["actual_count"] + 4
+
+
+def test_failing_check_lands_in_the_job_table_and_names_documents(instance, resources, store, municipality):
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    assert run_job("meeting_pages_job", instance, resources, municipality, "minutes").success
+    victims = [p["upstream_id"] for p in list(store.iter_pages(municipality, "minutes"))[:2]]
+    delete_local_pages(store, municipality, "minutes", victims)
+    result = run_job("verify_job", instance, resources, municipality, "minutes")
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.metadata["missing"].value == 2
+    assert "missing" in evaluation.metadata["missing_documents"].value
+    job = store.job(municipality, "minutes")
+    assert job["verified_ok"] is False and job["status"] == "completed"  # verifying blocks nothing
+
+
+def test_coverage_report_lists_every_partition_and_writes_csv(instance, resources, store, municipality, tmp_path):
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    store.upsert_municipality(municipality, {})
+    assert run_job("meeting_pages_job", instance, resources, municipality, "agenda").success
+    result = dg.materialize([coverage_report], instance=instance, resources=resources)
+    metadata = result.asset_materializations_for_node("coverage_report")[0].metadata
+    rows = {(r.data["municipality"], r.data["document_type"]): r.data for r in metadata["coverage"].value.records}
+    assert rows[(municipality, "agenda")]["status"] == "completed" and rows[(municipality, "agenda")]["missing"] == 0
+    assert rows[(municipality, "minutes")]["status"] == "never synced"
+    csv = (tmp_path / "home" / "coverage.csv").read_text()
+    assert csv.splitlines()[0] == "municipality,document_type,status,expected,actual,missing,last_sync,last_verified"
+
+
+def _webhook_tick(instance, store_url, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})
+    return webhook_sensor(context)
+
+
+def test_webhook_sensor_registers_new_municipalities_and_requests_runs_once(instance, store, store_url):
+    store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 10})
+    store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 10})  # a replay: nothing changed
+    result = _webhook_tick(instance, store_url)
+    (add,) = result.dynamic_partitions_requests
+    assert list(add.partition_keys) == ["oakland.ca"]
+    assert sorted(r.partition_key for r in result.run_requests) == sorted(partition_key("oakland.ca", d) for d in DOCUMENT_TYPES)
+    assert all(r.tags["civicband/trigger"] == "webhook" and r.tags["civicband/mode"] == "full" for r in result.run_requests)
+    assert result.cursor == "2"
+
+    instance.add_dynamic_partitions(MUNICIPALITY, ["oakland.ca"])
+    store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 10})  # replayed again later
+    again = _webhook_tick(instance, store_url, cursor=result.cursor)
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+
+
+def test_followup_sensor_repairs_a_failing_partition_a_bounded_number_of_times(instance, store, store_url):
+    start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=None)
+    store.write_batch("oakland.ca", "agenda", start, [], [], None)  # a completed (empty) sync
+    context = lambda: dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})  # noqa: E731
+    requests = []
+    for attempt in range(MAX_REPAIRS + 2):
+        store.record_verification("oakland.ca", "agenda", 10, 9, False, dt.datetime(2026, 1, 1, 0, 0, attempt, tzinfo=dt.timezone.utc))
+        requests += sync_followup_sensor(context()).run_requests or []
+    assert len(requests) == MAX_REPAIRS
+    assert all(r.tags["civicband/trigger"] == "repair" and r.run_config["ops"]["meeting_pages"]["config"]["restart"] for r in requests)
+    assert json.dumps(store.job("oakland.ca", "agenda")["repair_attempts"]) == str(MAX_REPAIRS)

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import common  # noqa: F401  (puts the repo on sys.path)
-from common import peak_rss_mb
+from common import cpu_seconds, peak_rss_mb
 
 from civicband_pipelines.client import CivicBandClient
 from civicband_pipelines.config import ClientSettings
@@ -24,6 +24,20 @@ from civicband_pipelines.rows import Rejection, parse_row
 
 DOCUMENT_TYPE = "agenda"
 BATCH = 1000
+
+
+class Timed:
+    """Wall and CPU time of the measured loop only."""
+
+    def __enter__(self) -> "Timed":
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
+
+    def result(self) -> dict:
+        return {"seconds": self.wall, "cpu_seconds": self.cpu}
 
 
 def client_for(base_url: str) -> CivicBandClient:
@@ -46,12 +60,12 @@ def measure_fetch(args) -> dict:
     client = client_for(args.base_url)
     pages = prefetched(client, args.municipality) if args.prefetch else client.iter_pages(args.municipality, DOCUMENT_TYPE, BATCH)
     rows = rejected = 0
-    start = time.perf_counter()
-    for page in pages:
-        rows += len(page.rows)
-        if args.parse:
-            rejected += sum(isinstance(parse_row(r), Rejection) for r in page.rows)
-    return {"rows": rows, "rejected": rejected, "seconds": time.perf_counter() - start}
+    with Timed() as timed:
+        for page in pages:
+            rows += len(page.rows)
+            if args.parse:
+                rejected += sum(isinstance(parse_row(r), Rejection) for r in page.rows)
+    return {"rows": rows, "rejected": rejected, **timed.result()}
 
 
 def measure_sync(args) -> dict:
@@ -60,11 +74,10 @@ def measure_sync(args) -> dict:
 
     client, store = client_for(args.base_url), MeetingStore(args.store)
     before = peak_rss_mb()["vmrss_mb"]
-    start = time.perf_counter()
-    result = sync_partition(client, store, args.municipality, DOCUMENT_TYPE, batch_size=BATCH, restart=True)
-    seconds = time.perf_counter() - start
+    with Timed() as timed:
+        result = sync_partition(client, store, args.municipality, DOCUMENT_TYPE, batch_size=BATCH, restart=True)
     return {"rows": result.fetched, "created": result.created, "status": result.status,
-            "seconds": seconds, "rss_before_sync_mb": before}
+            "rss_before_sync_mb": before, **timed.result()}
 
 
 def measure_naive(args) -> dict:
@@ -73,9 +86,9 @@ def measure_naive(args) -> dict:
 
     records = first_records(client_for(args.base_url), args.municipality, args.rows)
     store = MeetingStore(args.store)
-    start = time.perf_counter()
-    inserted = naive_upsert(store.engine, args.municipality, records)
-    return {"rows": len(records), "inserted": inserted, "seconds": time.perf_counter() - start}
+    with Timed() as timed:
+        inserted = naive_upsert(store.engine, args.municipality, records)
+    return {"rows": len(records), "inserted": inserted, **timed.result()}
 
 
 def first_records(client: CivicBandClient, municipality: str, n: int) -> list[dict]:

@@ -35,6 +35,29 @@ def peak_rss_mb() -> dict:
     }
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a server process plus its live children and its reaped ones (e.g. PostgreSQL backends)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        own = int(fields[11]) + int(fields[12])
+        if int(stat.parent.name) == pid:
+            total += own + int(fields[13]) + int(fields[14])  # + reaped children
+        elif int(fields[1]) == pid:
+            total += own
+    return total / tick
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

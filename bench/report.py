@@ -31,13 +31,17 @@ def machine() -> dict:
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def postgres_version(url: str) -> str:
+def postgres_info(url: str) -> tuple[str, int]:
+    """(server version, postmaster pid) of the PostgreSQL server behind `url` (a local one)."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            return conn.exec_driver_sql("SHOW server_version").scalar_one()
+            version = conn.exec_driver_sql("SHOW server_version").scalar_one()
+            backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
     finally:
         engine.dispose()
+    postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return version, postmaster
 
 
 def render(results: dict, args) -> str:
@@ -96,26 +100,33 @@ def method_section() -> str:
 
 def fetch_table(partitions) -> str:
     lines = ["## Fetch ceiling (no store)\n",
-             "| pages | sequential rows/s | prefetch rows/s | prefetch + parse_row rows/s | ceiling used | peak RSS MB |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "CPU columns: milliseconds of CPU per 1000 rows in the measuring process (client) and in the replica "
+             "server; with 2 cores, their sum bounds what the machine can do. `load` = 1-minute load average "
+             "before the measurement (other tenants of the machine included).\n",
+             "| pages | variant | rows/s | client CPU ms/1k | replica CPU ms/1k | peak RSS MB | load |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
     for p in partitions:
-        f = p.fetch
-        lines.append(f"| {p.municipality.agenda_pages:,} | {_rate(f['sequential'])} | {_rate(f['prefetch'])} | "
-                     f"{_rate(f['prefetch + parse_row'])} | {p.ceiling:,.0f} | {f['prefetch']['vmhwm_mb']:.0f} |")
+        for label, f in p.fetch.items():
+            lines.append(f"| {p.municipality.agenda_pages:,} | {label} | {_rate(f)} | {_per_1k(f, 'cpu_seconds')} | "
+                         f"{_per_1k(f, 'replica_cpu_seconds')} | {f['vmhwm_mb']:.0f} | {f['load_before']:.1f} |")
+        lines.append(f"| {p.municipality.agenda_pages:,} | **ceiling used** | **{p.ceiling:,.0f}** | | | | |")
     return "\n".join(lines) + "\n"
 
 
 def sync_table(partitions) -> str:
     lines = ["## Sync vs ceiling vs naive\n",
-             "| pages | store | sync s | sync rows/s | × ceiling | naive rows/s (slice) | sync ÷ naive | naive est. for the partition |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| pages | store | sync s | sync rows/s | × ceiling | client CPU ms/1k | replica CPU ms/1k | PostgreSQL CPU ms/1k | "
+             "naive rows/s (slice) | sync ÷ naive | naive est. for the partition | load |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in partitions:
         for kind, sync in p.sync.items():
             naive = p.naive.get(kind)
             naive_cols = (f"{_rate(naive)} ({naive['rows']:,}) | {sync['rows_per_second'] / naive['rows_per_second']:.1f}× | "
                           f"{p.municipality.agenda_pages / naive['rows_per_second']:.0f} s") if naive else "– | – | –"
+            pg_cpu = _per_1k(sync, "postgres_cpu_seconds") if kind == "postgresql" else "–"
             lines.append(f"| {p.municipality.agenda_pages:,} | {STORE_NAMES[kind]} | {sync['seconds']:.1f} | {_rate(sync)} | "
-                         f"{sync['rows_per_second'] / p.ceiling:.2f} | {naive_cols} |")
+                         f"{sync['rows_per_second'] / p.ceiling:.2f} | {_per_1k(sync, 'cpu_seconds')} | "
+                         f"{_per_1k(sync, 'replica_cpu_seconds')} | {pg_cpu} | {naive_cols} | {sync['load_before']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,6 +223,10 @@ def _target(label: str, value: str, met: bool) -> str:
 
 def _rate(result: dict) -> str:
     return f"{result['rows_per_second']:,.0f}"
+
+
+def _per_1k(result: dict, key: str) -> str:
+    return f"{result[key] / result['rows'] * 1000 * 1000:.0f}" if result.get("rows") else "–"
 
 
 def _nan_last(value: float) -> float:

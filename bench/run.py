@@ -68,13 +68,15 @@ def run_all(args, work: Path) -> dict:
     setup_env.warm_page_cache(replica_root)
     results: dict = {"machine": report.machine()}
     with running_replica(replica_root, proxy=False) as replica, running_postgres("civicband_bench") as pg_url:
-        results["machine"]["postgresql"] = report.postgres_version(pg_url)
+        results["machine"]["postgresql"], postmaster = report.postgres_info(pg_url)
+        servers = throughput.Servers(replica.process.pid, postmaster)
         base_url = replica.direct_url_template
         stores = setup_env.Stores(work, pg_url)
+        setup_env.warm_up(base_url, [small.subdomain, large.subdomain])
         results["partitions"] = []
         for muni, naive in ((small, None), (large, args.naive_slice)):
             log(f"partition {muni.subdomain}/agenda: {muni.agenda_pages} pages")
-            results["partitions"].append(throughput.measure_partition(base_url, stores, muni, naive, log))
+            results["partitions"].append(throughput.measure_partition(base_url, servers, stores, muni, naive, log))
         if args.fleet:
             results["fleet"] = fleet.measure_fleet(
                 base_url, work / "fleet", fleet_names, args.fleet, args.fleet_variants.split(","), args.fleet_timeout, log

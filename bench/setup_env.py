@@ -12,6 +12,8 @@ from pathlib import Path
 
 import common  # noqa: F401  (puts the repo on sys.path)
 
+from civicband_pipelines.client import CivicBandClient
+from civicband_pipelines.config import ClientSettings
 from civicband_pipelines.replica import build_municipality
 from civicband_pipelines_tests import pg_server
 
@@ -51,6 +53,14 @@ def warm_page_cache(root: Path) -> None:
         with open(path, "rb") as f:
             while f.read(1 << 24):
                 pass
+
+
+def warm_up(base_url: str, subdomains: list[str]) -> None:
+    """The replica opens a municipality's Datasette on its first request: not part of any measurement."""
+    with CivicBandClient(ClientSettings(base_url=base_url)) as client:
+        for subdomain in subdomains:
+            client.count(subdomain, "agenda")
+            client.fetch_page(subdomain, "agenda", 1000, None)
 
 
 class Stores:

@@ -155,6 +155,12 @@ def start_dagster(stack: Stack, port: int) -> str:
     """The webserver and the daemon; returns once the UI answers and every required daemon is healthy."""
     _require_free(port, "--port")
     bindir = Path(sys.executable).parent
+    # Create (or upgrade) the instance's SQLite storage first: the two racing to create it fail.
+    with open(stack.root / "logs" / "instance-migrate.log", "ab") as log:
+        done = subprocess.run([str(bindir / "dagster"), "instance", "migrate"], env=stack.env, stdout=log,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=START_TIMEOUT)
+    if done.returncode:
+        raise RuntimeError(f"dagster instance migrate failed:\n{stack.log_tail('instance-migrate')}")
     stack.start("webserver", [str(bindir / "dagster-webserver"), "-m", MODULE, "-h", "127.0.0.1", "-p", str(port)])
     stack.start("daemon", [str(bindir / "dagster-daemon"), "run", "-m", MODULE])
     url = f"http://127.0.0.1:{port}"

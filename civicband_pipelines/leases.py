@@ -157,10 +157,10 @@ def refusal(municipality: str, lease: dict | None, now: dt.datetime | None = Non
     )
 
 
-def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None) -> int:
+def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None) -> list[dict]:
     """Mark `running` jobs whose municipality has no live lease as failed: their process died.
 
-    Their saved cursor stays, so the next run resumes. Returns how many jobs were settled.
+    Their saved cursor stays, so the next run resumes. Returns the settled jobs.
     """
     live = {m for m in store.running_municipalities() if active_lease(store, m, stale_after) is not None}
     return store.fail_running_jobs(

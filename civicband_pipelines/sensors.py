@@ -58,12 +58,14 @@ def _webhook_run(store: MeetingStore, municipality: str, document_type: str, eve
     job_name="meeting_pages_job",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=2 * INTERVAL,
-    description="Keeps job status true (dead syncs become failed), continues syncs paused by their time budget, "
+    description="Keeps job and run status true (dead syncs and their runs become failed, so run retries "
+    "resume them), continues syncs paused by their time budget, "
     f"and resyncs a completed partition that fails verification (at most {MAX_REPAIRS} times in a row).",
 )
 def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingStoreResource) -> dg.SensorResult:
     store = meeting_store.store()
-    settle_dead_syncs(store)
+    for job in settle_dead_syncs(store):
+        _fail_dead_run(context.instance, job)
     requests = []
     for job in store.jobs():
         request = _followup(job)
@@ -72,6 +74,16 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
                 store.count_repair(job["municipality"], job["document_type"])
             requests.append(request)
     return dg.SensorResult(run_requests=requests) if requests else dg.SensorResult(skip_reason="nothing to follow up")
+
+
+def _fail_dead_run(instance: dg.DagsterInstance, job: dict) -> None:
+    """A run whose sync died without a word still shows as started, holding its municipality's slot in
+    the run queue (the default run launcher cannot watch run workers): report it failed, which also
+    lets Dagster's run retries start a new run that resumes at the saved cursor."""
+    run = instance.get_run_by_id(job["run_id"]) if job["run_id"] else None
+    if run and run.status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+        instance.report_run_failed(run, f"{job['municipality']}/{job['document_type']}: the run's process died "
+                                        "(its municipality lease went stale)")
 
 
 def _followup(job: dict) -> dg.RunRequest | None:

@@ -89,8 +89,15 @@ def _backfill(args: argparse.Namespace) -> int:
     if busy:
         return 3
     run_config = {"ops": {"meeting_pages": {"config": {"batch_size": args.batch_size, "restart": args.restart}}}}
-    failed = [p for p in partitions if not _run(instance, "meeting_pages_job", p, run_config).success]
+    failed, verifications = [], []
+    for partition in partitions:
+        result = _run(instance, "meeting_pages_job", partition, run_config)
+        evaluation = _evaluation(result)
+        verifications.append(_verification_line(partition, evaluation))
+        if not (result.success and evaluation and evaluation.passed):
+            failed.append(partition)
     _print_jobs(partitions)
+    print("\n".join(verifications))
     print(f"{len(partitions) - len(failed)} of {len(partitions)} partitions synced and verified")
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
@@ -116,12 +123,16 @@ def _verify(args: argparse.Namespace) -> int:
     partitions = _partitions(instance, args)
     failures = 0
     for partition in partitions:
-        result = _run(instance, "verify_job", partition, {})
-        evaluations = result.get_asset_check_evaluations() if result.success else []
-        failures += not (evaluations and evaluations[0].passed)
-        print(_verification_line(partition, evaluations[0] if evaluations else None))
+        evaluation = _evaluation(_run(instance, "verify_job", partition, {}))
+        failures += not (evaluation and evaluation.passed)
+        print(_verification_line(partition, evaluation))
     print(f"{len(partitions) - failures} of {len(partitions)} partitions match upstream exactly")
     return 1 if failures else 0
+
+
+def _evaluation(result):
+    evaluations = result.get_asset_check_evaluations()
+    return evaluations[0] if evaluations else None
 
 
 def _verification_line(partition: tuple[str, str], evaluation) -> str:

@@ -221,18 +221,20 @@ class DagsterStack:
 
     # -- runs ----------------------------------------------------------------------------------------------
 
-    def runs(self, municipality: str | None = None, document_type: str | None = None, **tags: str) -> list[dg.DagsterRun]:
-        """Runs of the instance (oldest first), by partition and extra tags (`civicband/trigger=...` as
-        trigger=...)."""
-        wanted = {f"civicband/{k}": v for k, v in tags.items()}
+    def runs(self, municipality: str | None = None, document_type: str | None = None, *,
+             trigger: str | None = None, tags: dict[str, str] | None = None) -> list[dg.DagsterRun]:
+        """Runs of the instance, oldest first, by partition, trigger (civicband/trigger) and other tags."""
+        wanted = dict(tags or {})
         if municipality:
             wanted[MUNICIPALITY_TAG] = municipality
         if document_type:
             wanted[DOCUMENT_TYPE_TAG] = document_type
+        if trigger:
+            wanted["civicband/trigger"] = trigger
         return list(reversed(self.instance.get_runs(filters=dg.RunsFilter(tags=wanted))))
 
     def wait_for_runs(self, condition: Callable[[list[dg.DagsterRun]], bool], what: str, timeout: float = 120.0,
-                      **filters: str) -> list[dg.DagsterRun]:
+                      **filters) -> list[dg.DagsterRun]:
         def check():
             runs = self.runs(**filters)
             return runs if condition(runs) else None

@@ -80,7 +80,7 @@ def test_ui_backfill_sensor_run_and_cli_never_sync_one_municipality_at_once(stac
     finally:
         cli.kill()
     backfill_runs = stack.wait_for_runs(lambda runs: len(runs) == 2, "the UI backfill's runs", timeout=120,
-                                        **{"dagster/backfill": backfill})
+                                        tags={"dagster/backfill": backfill})
     stack.wait_for(lambda: stack.settled(a) and stack.settled(b), "every run of A and B to finish", timeout=240)
     replica.clear_faults()
 

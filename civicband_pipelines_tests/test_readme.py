@@ -1,0 +1,24 @@
+"""The README's set-up commands, run as a new user would (the demo in a scratch directory)."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_names_the_two_setup_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    assert "scripts/demo" in readme and "scripts/test" in readme
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_demo_backfills_and_verifies_every_demo_partition(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIVICBAND_", "DAGSTER_"))}
+    env["DEMO_DIR"] = str(tmp_path / "demo")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "8 of 8 partitions synced and verified" in done.stdout
+    assert len(re.findall(r": OK expected \d+, actual \d+, rejected 4, missing 0, extra 0", done.stdout)) == 8
+    assert (tmp_path / "demo" / "meetings.db").stat().st_size > 1_000_000

@@ -22,6 +22,7 @@ import yaml
 from common import REPO, VENV_BIN, free_port, start_group, stop_group, wait_until
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
 
@@ -132,7 +133,7 @@ def run_variant(variant: Variant, base_url: str, home: Path, names: list[str], k
         launched = time.time()
         backfill_id = launch_backfill(graphql, location, repository, keys, variant.run_config)
         records, timed_out = wait_for_runs(instance, backfill_id, len(keys), timeout, log)
-        return {**summarize(records, launched, time.time()), "timed_out": timed_out}
+        return {**summarize(records, launched, time.time()), **launch_phases(instance, records), "timed_out": timed_out}
     finally:
         stop_group(web)
         stop_group(daemon)
@@ -210,6 +211,19 @@ def summarize(records, launched: float, now: float) -> dict:
         "mean_wait_seconds": statistics.fmean(waits) if waits else float("nan"),
         "mean_concurrency": sum(durations) / (last_end - min(starts)) if durations and starts else float("nan"),
     }
+
+
+def launch_phases(instance: dg.DagsterInstance, records) -> dict:
+    """Mean time queued (created -> the daemon launches it) and starting (launch -> run worker started)."""
+    queued, starting = [], []
+    for record in records:
+        events = instance.get_records_for_run(record.dagster_run.run_id, of_type=DagsterEventType.RUN_STARTING).records
+        if events and record.start_time:
+            launch = events[0].timestamp
+            queued.append(launch - _timestamp(record.create_timestamp))
+            starting.append(record.start_time - launch)
+    return {"mean_queued_seconds": statistics.fmean(queued) if queued else float("nan"),
+            "mean_starting_seconds": statistics.fmean(starting) if starting else float("nan")}
 
 
 def _timestamp(value: dt.datetime) -> float:

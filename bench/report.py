@@ -169,10 +169,12 @@ def fleet_table(f: dict) -> str:
         f"{pure['per_partition_seconds'] * 1000:.0f} ms (mean of {pure['sample']}); opening a store in a new "
         f"process (engine + migration check): {pure['store_open_seconds'] * 1000:.0f} ms.\n",
         "Overhead per partition = wall / N − pure work. `pickup` = launch → first run created (the backfill daemon "
-        "wakes every 30 s); `runs wall` = first run created → last run finished.\n",
-        "| variant | settings | wall s | pickup s | runs wall s | succeeded | mean run s | mean queue+launch s | "
+        "wakes every 30 s); `runs wall` = first run created → last run finished; `queued` = run created → the "
+        "queue daemon launches it; `starting` = launch → run worker started (process start + code load); `run` = "
+        "started → finished; concurrency = sum of run times / span of runs.\n",
+        "| variant | settings | wall s | pickup s | runs wall s | succeeded | mean queued s | mean starting s | mean run s | "
         "mean concurrency | overhead s/partition | overhead excl. pickup |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     n = f["partitions"]
     for name, r in f["variants"].items():
@@ -180,8 +182,8 @@ def fleet_table(f: dict) -> str:
         timed_out = " (timed out)" if r.get("timed_out") else ""
         lines.append(
             f"| {name} | {fleet_module.VARIANTS[name].description} | {r['wall_seconds']:.1f}{timed_out} | "
-            f"{r['pickup_seconds']:.1f} | {r['runs_wall_seconds']:.1f} | {r['succeeded']}/{n} | {r['mean_run_seconds']:.1f} | "
-            f"{r['mean_wait_seconds']:.1f} | {r['mean_concurrency']:.1f} | {r['overhead_per_partition']:.2f} | {excl:.2f} |"
+            f"{r['pickup_seconds']:.1f} | {r['runs_wall_seconds']:.1f} | {r['succeeded']}/{n} | {r['mean_queued_seconds']:.1f} | "
+            f"{r['mean_starting_seconds']:.1f} | {r['mean_run_seconds']:.1f} | {r['mean_concurrency']:.1f} | {r['overhead_per_partition']:.2f} | {excl:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -4,15 +4,14 @@ import os
 from typing import Literal
 
 import dagster as dg
-import pandas as pd
 import pydantic
 
 from .client import UpstreamError
 from .config import civicband_home
-from .coverage import coverage_frame, coverage_summary
+from .coverage import coverage_frame, coverage_summary, coverage_table
 from .partitions import meeting_page_partitions, split_partition_key
-from .resources import CivicBandResource, MeetingStoreResource
 from .leases import MunicipalityBusy
+from .resources import CivicBandResource, MeetingStoreResource
 from .sync import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW_DAYS, SyncResult, sync_partition
 
 TRIGGER_TAG = "civicband/trigger"  # cli / webhook / repair / continuation; UI launches have none
@@ -118,16 +117,3 @@ def coverage_report(context: dg.AssetExecutionContext, meeting_store: MeetingSto
             "csv": dg.MetadataValue.path(str(path)),
         }
     )
-
-
-def coverage_table(frame: pd.DataFrame) -> dg.TableMetadataValue:
-    records = [dg.TableRecord({k: _plain(v) for k, v in row.items()}) for row in frame.astype(object).to_dict("records")]
-    types = {"expected": "int", "actual": "int", "missing": "int"}
-    schema = dg.TableSchema(columns=[dg.TableColumn(c, types.get(c, "string")) for c in frame.columns])
-    return dg.MetadataValue.table(records=records, schema=schema)
-
-
-def _plain(value):
-    if pd.isna(value):
-        return None
-    return value if isinstance(value, (int, float, str)) else str(value)

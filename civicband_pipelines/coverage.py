@@ -1,5 +1,6 @@
 """The coverage report: one row per partition, as a pandas table, UI metadata and a CSV file."""
 
+import dagster as dg
 import pandas as pd
 
 from .naming import DOCUMENT_TYPES
@@ -11,16 +12,19 @@ COLUMNS = ["municipality", "document_type", "status", "expected", "actual", "mis
 def coverage_frame(store: MeetingStore) -> pd.DataFrame:
     """Every registered partition, synced or not; `missing` is upstream minus local (rejected rows aside)."""
     jobs = pd.DataFrame(store.jobs(), columns=[
-        "municipality", "document_type", "status", "expected_count", "actual_count", "rejected_count",
-        "finished_at", "verified_at",
+        "municipality", "document_type", "status", "expected_count", "actual_count", "finished_at", "verified_at",
     ])
+    rejected = pd.DataFrame(
+        [(m, d, n) for (m, d), n in store.rejected_counts().items()], columns=["municipality", "document_type", "rejected"]
+    )
     partitions = pd.DataFrame(
         [(m, d) for m in store.municipality_subdomains() for d in DOCUMENT_TYPES],
         columns=["municipality", "document_type"],
     )
     frame = partitions.merge(jobs, how="outer", on=["municipality", "document_type"])
+    frame = frame.merge(rejected, how="left", on=["municipality", "document_type"])
     frame["status"] = frame["status"].fillna("never synced")
-    frame["missing"] = (frame["expected_count"] - frame["rejected_count"] - frame["actual_count"]).astype("Int64")
+    frame["missing"] = (frame["expected_count"] - frame["rejected"].fillna(0) - frame["actual_count"]).astype("Int64")
     frame = frame.rename(columns={
         "expected_count": "expected", "actual_count": "actual", "finished_at": "last_sync", "verified_at": "last_verified",
     })
@@ -39,3 +43,16 @@ def coverage_summary(frame: pd.DataFrame) -> dict:
         "pages_local": int(frame["actual"].fillna(0).sum()),
         "pages_expected": int(frame["expected"].fillna(0).sum()),
     }
+
+
+def coverage_table(frame: pd.DataFrame) -> dg.TableMetadataValue:
+    records = [dg.TableRecord({k: _plain(v) for k, v in row.items()}) for row in frame.astype(object).to_dict("records")]
+    types = {"expected": "int", "actual": "int", "missing": "int"}
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, types.get(c, "string")) for c in frame.columns])
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def _plain(value):
+    if pd.isna(value):
+        return None
+    return value if isinstance(value, (int, float, str)) else str(value)

@@ -323,6 +323,14 @@ class MeetingStore:
         with self.writer.begin() as conn:
             conn.execute(_job_update(municipality, document_type).values(repair_attempts=backfill_jobs.c.repair_attempts + 1))
 
+    def rejected_counts(self) -> dict[tuple[str, str], int]:
+        """(municipality, document_type) -> rows currently rejected."""
+        query = sa.select(rejected_rows.c.municipality, rejected_rows.c.document_type, sa.func.count()).group_by(
+            rejected_rows.c.municipality, rejected_rows.c.document_type
+        )
+        with self.engine.connect() as conn:
+            return {(m, d): n for m, d, n in conn.execute(query)}
+
     def rejections(self, municipality: str, document_type: str) -> list[dict]:
         query = sa.select(rejected_rows).where(*_in_partition(rejected_rows, municipality, document_type))
         with self.engine.connect() as conn:

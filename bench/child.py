@@ -69,15 +69,31 @@ def measure_fetch(args) -> dict:
 
 
 def measure_sync(args) -> dict:
-    from civicband_pipelines.store import MeetingStore
     from civicband_pipelines.sync import sync_partition
 
-    client, store = client_for(args.base_url), MeetingStore(args.store)
+    client, store = client_for(args.base_url), progress_store(args.store)
     before = peak_rss_mb()["vmrss_mb"]
     with Timed() as timed:
+        store.started = time.perf_counter()
         result = sync_partition(client, store, args.municipality, DOCUMENT_TYPE, batch_size=BATCH, restart=True)
     return {"rows": result.fetched, "created": result.created, "status": result.status,
             "rss_before_sync_mb": before, **timed.result()}
+
+
+def progress_store(url: str):
+    """The real store, printing a progress line after each committed batch (read if the sync times out)."""
+    from civicband_pipelines.store import MeetingStore
+
+    class ProgressStore(MeetingStore):
+        started, rows = time.perf_counter(), 0
+
+        def write_batch(self, *args, **kwargs):
+            counts = super().write_batch(*args, **kwargs)
+            self.rows += sum(getattr(counts, name, 0) for name in ("created", "updated", "unchanged", "rejected"))
+            print(json.dumps({"progress": self.rows, "t": time.perf_counter() - self.started, **peak_rss_mb()}), flush=True)
+            return counts
+
+    return ProgressStore(url)
 
 
 def measure_naive(args) -> dict:

@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fleet-variants", default=",".join(fleet.DEFAULT_VARIANTS),
                         help=f"comma-separated, from: {', '.join(fleet.VARIANTS)}")
     parser.add_argument("--fleet-timeout", type=float, default=420, help="seconds per fleet backfill")
+    parser.add_argument("--sync-timeout", type=float, default=240, help="seconds before a sync child is stopped "
+                        "(its rate is then taken from the batches it committed)")
+    parser.add_argument("--only", choices=("throughput", "fleet"), help="run one half only (for debugging)")
     parser.add_argument("--out", type=Path, default=common.REPO / "BENCHMARKS.md")
     return parser.parse_args(argv)
 
@@ -74,10 +77,10 @@ def run_all(args, work: Path) -> dict:
         stores = setup_env.Stores(work, pg_url)
         setup_env.warm_up(base_url, [small.subdomain, large.subdomain])
         results["partitions"] = []
-        for muni, naive in ((small, None), (large, args.naive_slice)):
+        for muni, naive in ((small, None), (large, args.naive_slice)) if args.only != "fleet" else ():
             log(f"partition {muni.subdomain}/agenda: {muni.agenda_pages} pages")
-            results["partitions"].append(throughput.measure_partition(base_url, servers, stores, muni, naive, log))
-        if args.fleet:
+            results["partitions"].append(throughput.measure_partition(base_url, servers, stores, muni, naive, args.sync_timeout, log))
+        if args.fleet and args.only != "throughput":
             results["fleet"] = fleet.measure_fleet(
                 base_url, work / "fleet", fleet_names, args.fleet, args.fleet_variants.split(","), args.fleet_timeout, log
             )

@@ -50,19 +50,50 @@ class Servers:
         return {"replica": tree_cpu_seconds(self.replica_pid), "postgres": tree_cpu_seconds(self.postgres_pid)}
 
 
-def run_child(servers: Servers, *args: str) -> dict:
+def run_child(servers: Servers, *args: str, timeout: float = CHILD_TIMEOUT) -> dict:
+    """Run child.py; its last line is the result. On timeout, the result is built from its progress lines."""
     cmd = [PYTHON, str(BENCH / "child.py"), *args]
     before, load = servers.cpu(), os.getloadavg()[0]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:1])} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        stdout, timed_out = done.stdout, False
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    except subprocess.TimeoutExpired as expired:  # run() has killed the child
+        stdout, timed_out = _text(expired.stdout), True
     after = servers.cpu()
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    progress = [(p["progress"], p["t"]) for p in lines if "progress" in p]
+    result = lines[-1] if lines and not timed_out else partial_result(lines, timeout)
     # Server CPU is counted over the child's whole life (setup included), a little more than its timed loop.
-    return result | {f"{name}_cpu_seconds": after[name] - before[name] for name in after} | {"load_before": load}
+    cpu = {f"{name}_cpu_seconds": after[name] - before[name] for name in after}
+    return result | cpu | {"load_before": load, "timed_out": timed_out} | batch_rates(progress)
 
 
-def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Municipality, naive_rows: int | None, log) -> PartitionResult:
+def partial_result(lines: list[dict], timeout: float) -> dict:
+    last = next((p for p in reversed(lines) if "progress" in p), None)
+    if last is None:
+        raise RuntimeError(f"child timed out after {timeout:.0f} s without any progress")
+    rows, seconds = last["progress"], last["t"]
+    return {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds, "cpu_seconds": float("nan"),
+            "vmhwm_mb": last["vmhwm_mb"], "rss_before_sync_mb": float("nan")}
+
+
+def batch_rates(progress: list[tuple[int, float]], window: int = 10) -> dict:
+    """rows/s over the first and the last `window` batches: a per-batch cost that grows shows here."""
+    if len(progress) < 2 * window:
+        return {}
+    (r0, t0), (r1, t1) = progress[window - 1], progress[-window - 1]
+    (r2, t2) = progress[-1]
+    return {"first_batches_rows_per_second": r0 / t0, "last_batches_rows_per_second": (r2 - r1) / (t2 - t1)}
+
+
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
+def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Municipality, naive_rows: int | None,
+                      sync_timeout: float, log) -> PartitionResult:
     result = PartitionResult(muni)
     common_args = ["--base-url", base_url, "--municipality", muni.subdomain]
     for label, flags in FETCH_VARIANTS.items():
@@ -71,9 +102,12 @@ def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Mun
     for kind in STORES:
         url = stores.fresh(kind, "sync")
         try:
-            result.sync[kind] = run_child(servers, "sync", *common_args, "--store", url)
-            log(f"  sync {kind}: {result.sync[kind]['rows_per_second']:.0f} rows/s, peak RSS {result.sync[kind]['vmhwm_mb']:.0f} MB")
-            result.verify[kind] = measure_verification(base_url, url, muni)
+            result.sync[kind] = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
+            sync = result.sync[kind]
+            log(f"  sync {kind}: {sync['rows_per_second']:.0f} rows/s, peak RSS {sync['vmhwm_mb']:.0f} MB"
+                + (f" (TIMED OUT after {sync['seconds']:.0f} s at {sync['rows']:,} rows)" if sync["timed_out"] else ""))
+            if not sync["timed_out"]:
+                result.verify[kind] = measure_verification(base_url, url, muni)
         finally:
             stores.drop(url)
         if naive_rows:

@@ -11,6 +11,7 @@ from .config import civicband_home
 from .coverage import coverage_frame, coverage_summary, coverage_table
 from .partitions import meeting_page_partitions, split_partition_key
 from .leases import MunicipalityBusy
+from .naming import TABLES
 from .resources import CivicBandResource, MeetingStoreResource
 from .sync import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW_DAYS, SyncResult, sync_partition
 
@@ -66,7 +67,9 @@ def meeting_pages(
             )
         except (UpstreamError, MunicipalityBusy) as error:  # retrying cannot help
             raise dg.Failure(str(error), allow_retries=False) from error
-    return dg.MaterializeResult(metadata=sync_metadata(result, client.site_url(municipality)))
+    source = f"{client.site_url(municipality)}/meetings/{TABLES[document_type]}"
+    local_pages = meeting_store.store().count_pages(municipality, document_type)
+    return dg.MaterializeResult(metadata=sync_metadata(result, source) | {"dagster/row_count": local_pages})
 
 
 def default_time_budget() -> float | None:
@@ -75,8 +78,9 @@ def default_time_budget() -> float | None:
     return float(value) if value else None
 
 
-def sync_metadata(result: SyncResult, site_url: str) -> dict:
-    return {
+def sync_metadata(result: SyncResult, source_url: str) -> dict:
+    resumed = {"resumed_from_cursor": result.resumed_from} if result.resumed else {}
+    return resumed | {
         "status": result.status,
         "mode": result.mode,
         "pages_fetched": result.fetched,
@@ -89,9 +93,8 @@ def sync_metadata(result: SyncResult, site_url: str) -> dict:
         "elapsed_seconds": dg.MetadataValue.float(round(result.elapsed, 3)),
         "rows_per_second": dg.MetadataValue.float(round(result.rows_per_second, 1)),
         "resumed": result.resumed,
-        "resumed_from_cursor": result.resumed_from or "",
         "sync_generation": result.generation,
-        "source": dg.MetadataValue.url(f"{site_url}/meetings"),
+        "source": dg.MetadataValue.url(source_url),
     }
 
 

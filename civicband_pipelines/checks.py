@@ -35,7 +35,8 @@ def matches_upstream(
         municipality, document_type, result.expected, result.actual, result.passed, result.verified_at
     )
     context.log.info(result.summary())
-    return dg.AssetCheckResult(passed=result.passed, metadata=verification_metadata(result))
+    metadata = verification_metadata(result) | rejection_metadata(store.rejections(municipality, document_type))
+    return dg.AssetCheckResult(passed=result.passed, metadata=metadata, description=result.summary())
 
 
 def verification_metadata(result: Verification) -> dict:
@@ -46,12 +47,20 @@ def verification_metadata(result: Verification) -> dict:
         "missing": result.missing,
         "extra": result.extra,
         "verified_at": dg.MetadataValue.timestamp(result.verified_at),
-        "compared_ids": result.deep,
     }
+    if result.deep:
+        metadata["compared_ids"] = True
     for kind, names in result.documents().items():
         if names:
             metadata[f"{kind}_documents"] = dg.MetadataValue.md(_bullets(names))
     return metadata
+
+
+def rejection_metadata(rejections: list[dict]) -> dict:
+    """The rejected upstream rows with their reasons, so "rejected 4" can be looked into from the UI."""
+    if not rejections:
+        return {}
+    return {"rejected_rows": dg.MetadataValue.md(_bullets([f"`{r['upstream_id']}`: {r['reason']}" for r in rejections]))}
 
 
 def _bullets(names: list[str]) -> str:

@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.set_defaults(handler=_webhooks_serve)
 
+    dev = commands.add_parser("dev", help="local stack: replica, webhook receiver, Dagster UI and daemon")
+    dev.add_argument("--dir", default=".civicband-dev")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--webhook-port", type=int, default=8080)
+    dev.set_defaults(handler=_dev)
+
     munis = commands.add_parser("municipalities", help="register municipalities (new partitions)")
     munis_commands = munis.add_subparsers(required=True, metavar="ACTION")
     add = munis_commands.add_parser("add", help="register subdomains that civic.band has")
@@ -187,6 +193,12 @@ def _webhooks_serve(args: argparse.Namespace) -> int:
 
     serve(args.host, args.port)
     return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from .devstack import main as devstack
+
+    return devstack(["--dir", str(args.dir), "--port", str(args.port), "--webhook-port", str(args.webhook_port)])
 
 
 def dagster_instance() -> dg.DagsterInstance:

@@ -30,6 +30,8 @@ def coverage_frame(store: MeetingStore) -> pd.DataFrame:
     })
     for column in ("expected", "actual"):
         frame[column] = frame[column].astype("Int64")
+    for column in ("last_sync", "last_verified"):  # to the minute, UTC: readable in a narrow table
+        frame[column] = pd.to_datetime(frame[column], utc=True).dt.strftime("%Y-%m-%d %H:%M")
     return frame[COLUMNS].sort_values(["municipality", "document_type"]).reset_index(drop=True)
 
 
@@ -42,7 +44,14 @@ def coverage_summary(frame: pd.DataFrame) -> dict:
         "partitions_with_missing_pages": int((frame["missing"].fillna(0) > 0).sum()),
         "pages_local": int(frame["actual"].fillna(0).sum()),
         "pages_expected": int(frame["expected"].fillna(0).sum()),
+        # local pages / pages expected (upstream rows less rejected ones), over verified partitions
+        "coverage_percent": round(100 * _ratio(frame[verified]), 2) if verified.any() else 0.0,
     }
+
+
+def _ratio(verified: pd.DataFrame) -> float:
+    expected = (verified["actual"] + verified["missing"]).sum()
+    return float(verified["actual"].sum() / expected) if expected else 1.0
 
 
 def coverage_table(frame: pd.DataFrame) -> dg.TableMetadataValue:

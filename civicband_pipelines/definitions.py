@@ -28,4 +28,6 @@ defs = dg.Definitions(
     jobs=[meeting_pages_job, verify_job],
     sensors=[webhook_sensor, sync_followup_sensor],
     resources={"civicband": CivicBandResource(), "meeting_store": MeetingStoreResource()},
+    # One step and its check per run: a process per step would only add seconds to every run.
+    executor=dg.in_process_executor,
 )

@@ -7,8 +7,6 @@ prints the URLs. Everything lives in DIR (default ./.civicband-dev); logs are in
     python -m civicband_pipelines.devstack [--dir .civicband-dev] [--port 3000] [--webhook-port 8080]
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
@@ -53,7 +51,7 @@ class Stack:
             try:
                 if value := condition():
                     return value
-            except (httpx.HTTPError, OSError, ValueError, KeyError):
+            except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError):  # not up yet
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
@@ -112,7 +110,8 @@ def prepare(root: Path) -> dict[str, str]:
     dagster_home = root / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(find_dagster_yaml(), dagster_home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}  # only the receiver gets the secret
+    # Secrets stay out of Dagster's processes: only the receiver gets its own; the replica needs none.
+    env = {k: v for k, v in os.environ.items() if k not in (SECRET_ENV, "CIVICBAND_SERVICE_SECRET")}
     env.update(DAGSTER_HOME=str(dagster_home), CIVICBAND_HOME=str(root),
                CIVICBAND_DATABASE_URL=f"sqlite:///{root / 'meetings.db'}", PYTHONUNBUFFERED="1")
     return env
@@ -196,14 +195,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_sigterm(_signum, _frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     root = args.dir.resolve()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us as Ctrl-C does
     env = prepare(root)
     secret_hint = f"${SECRET_ENV}" if os.environ.get(SECRET_ENV) else f"$(cat {root / 'webhook-secret'})"
     secret = webhook_secret(root)
@@ -233,6 +228,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the children
         stack.stop()
         print("stopped", flush=True)
 

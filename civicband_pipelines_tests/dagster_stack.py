@@ -3,10 +3,10 @@ as the UI uses it) and the webhook receiver, as subprocesses sharing one tempora
 holds a copy of the repository's dagster.yaml (run queue with the per-municipality tag limit, run
 retries; only the queue's dequeue interval is lowered, to 1 s).
 
-    with running_stack(tmp_path, replica, store_url, webserver=True) as stack:
-        stack.send_webhook("oakland.ca", {"name": "Oakland", "pages": 10})
-        stack.wait_for_sensor_cursor(event_id)
-        runs = stack.runs(municipality="oakland.ca")
+    with running_stack(tmp_path, replica, store_url, webserver=True) as stack:  # or the fixture below
+        event_id = stack.send_webhook("oakland.ca", {"name": "Oakland", "pages": 10})
+        stack.wait_for_sensor_cursor(event_id)  # the sensor read it and submitted its runs
+        runs = stack.runs("oakland.ca", trigger="webhook")
 
 Every wait polls a condition against a deadline (no fixed sleeps) and fails early, with the tail of
 the process logs, if a process of the stack died. stop() terminates each process group, waits, then
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,8 +30,11 @@ from pathlib import Path
 
 import dagster as dg
 import httpx
+import pytest
 import yaml
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick, InstigatorType
+
+from civicband_pipelines.store import MeetingStore
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "civicband_pipelines.definitions"
@@ -40,6 +44,8 @@ WEBHOOK_SECRET = "e2e-webhook-secret"
 MUNICIPALITY_TAG = "dagster/partition/municipality"
 DOCUMENT_TYPE_TAG = "dagster/partition/document_type"
 SYNC_STEP = "meeting_pages"  # the step that holds the municipality lease while it syncs
+BUSY = "Backfill already in progress for"  # MunicipalityBusy: the sync refused to start, did nothing
+BATCH_LOG = re.compile(r": batch \d+: ")  # sync.py logs this after each committed batch
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
@@ -60,6 +66,7 @@ class SyncInterval:
     start: float
     end: float
     succeeded: bool
+    error: str = ""  # the run's failure, if it failed
 
     def overlaps(self, other: "SyncInterval") -> bool:
         return self.start < other.end and other.start < self.end
@@ -73,6 +80,7 @@ class DagsterStack:
     webserver_url: str | None = None
     receiver_url: str | None = None
     _instance: dg.DagsterInstance | None = None
+    _store: MeetingStore | None = None
 
     # -- processes ----------------------------------------------------------------------------------
 
@@ -120,6 +128,9 @@ class DagsterStack:
         if self._instance is not None:
             self._instance.dispose()
             self._instance = None
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
         for process in reversed(self.processes.values()):
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -133,6 +144,13 @@ class DagsterStack:
         self.processes.clear()
 
     # -- the Dagster instance (same DAGSTER_HOME as the daemon) ---------------------------------------
+
+    @property
+    def store(self) -> MeetingStore:
+        """The stack's store, as the daemon's runs and the receiver see it."""
+        if self._store is None:
+            self._store = MeetingStore(self.env["CIVICBAND_DATABASE_URL"])
+        return self._store
 
     @property
     def instance(self) -> dg.DagsterInstance:
@@ -189,13 +207,18 @@ class DagsterStack:
         self.wait_for(lambda: httpx.get(f"{self.receiver_url}/healthz", timeout=5).status_code == 200,
                       "the webhook receiver's /healthz", timeout)
 
-    def send_webhook(self, subdomain: str, body: dict) -> dict:
-        """PUT the update webhook as civic.band's build pipeline does; returns the stored reply."""
+    def send_webhook(self, subdomain: str, body: dict, expect_action: str | None = None) -> int:
+        """PUT the update webhook as civic.band's build pipeline does; returns the stored event's id."""
         response = httpx.put(f"{self.receiver_url}/munis/api/update/{subdomain}/", content=json.dumps(body),
                              headers={"Authorization": f"Bearer {WEBHOOK_SECRET}", "Content-Type": "application/json"},
                              timeout=30)
         assert response.status_code in (200, 201), response.text
-        return response.json()
+        if expect_action:
+            assert response.json()["action"] == expect_action, response.text
+        return self.webhook_events(subdomain)[-1]["id"]
+
+    def webhook_events(self, subdomain: str) -> list[dict]:
+        return [e for e in self.store.webhook_events_after(0, limit=100_000) if e["subdomain"] == subdomain]
 
     # -- sensors -----------------------------------------------------------------------------------------
 
@@ -215,7 +238,7 @@ class DagsterStack:
         data = state.instigator_data if state else None
         return int(getattr(data, "cursor", None) or 0)
 
-    def wait_for_sensor_cursor(self, event_id: int, timeout: float = 60.0) -> None:
+    def wait_for_sensor_cursor(self, event_id: int, timeout: float = 120.0) -> None:
         """Wait until webhook_sensor has finished a tick that read webhook events up to `event_id`."""
         self.wait_for(lambda: self.sensor_cursor() >= event_id, f"webhook_sensor to pass event {event_id}", timeout)
 
@@ -251,27 +274,47 @@ class DagsterStack:
         return self.wait_for(check, f"{len(ids)} runs to finish", timeout)
 
     def settled(self, municipality: str) -> bool:
-        """No run of the municipality is queued or in progress."""
-        return all(r.status in FINISHED for r in self.runs(municipality))
+        """Every run of the municipality finished, and every failed run Dagster will retry was retried
+        (the CLI's in-process runs have no code location origin: Dagster cannot retry them)."""
+        return all(r.status in FINISHED and not (r.is_complete_and_waiting_to_retry and r.remote_job_origin)
+                   for r in self.runs(municipality))
 
     def run_failure(self, run_id: str) -> str:
-        """The error messages of a run's failure events, for assertion messages."""
+        """The errors of a run's failure events (with their causes), for assertions and messages."""
         types = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
-        return "\n".join(e.message or "" for e in self.instance.all_logs(run_id, of_type=types))
+        return "\n".join(_error_text(e) for e in self.instance.all_logs(run_id, of_type=types))
 
     def sync_interval(self, run: dg.DagsterRun) -> SyncInterval | None:
-        """When the run's meeting_pages step started and ended, from its event log (None if it never ran)."""
-        types = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
-        events = [e for e in self.instance.all_logs(run.run_id, of_type=types) if e.step_key == SYNC_STEP]
-        starts = [e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_START]
-        ends = [e for e in events if e.dagster_event.event_type != dg.DagsterEventType.STEP_START]
-        if not starts or not ends:
+        """When the run's sync held its municipality, from the run's event log; None if it never synced.
+
+        The sync takes the lease, starts its clock, and logs "batch N" after each committed batch
+        (the last one completes the sync in the same transaction), then releases the lease. So it
+        ran from (last batch log - the elapsed time it reports) to the last batch log, give or take
+        the milliseconds of taking and releasing the lease. (The step's own start and end are no
+        good: resource setup before the lease and event writes after it may overlap another sync.)
+        """
+        entries = self.instance.all_logs(run.run_id)
+        batches = [e for e in entries if e.step_key == SYNC_STEP and e.dagster_event is None
+                   and BATCH_LOG.search(e.user_message or "")]
+        failures = [e for e in entries if e.dagster_event and e.dagster_event.event_type in
+                    (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE)]
+        if not batches:
             return None
+        end = batches[-1].timestamp
+        done = [e for e in entries if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+        if done:
+            elapsed = done[-1].asset_materialization.metadata["elapsed_seconds"].value
+            start = min(end - elapsed, batches[0].timestamp)
+        else:  # failed mid-sync: from its first batch
+            start = batches[0].timestamp
         return SyncInterval(
             run.run_id, run.tags[MUNICIPALITY_TAG], run.tags[DOCUMENT_TYPE_TAG], run.tags.get("civicband/trigger", "ui"),
-            min(starts), max(e.timestamp for e in ends),
-            any(e.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS for e in ends),
+            start, end, succeeded=bool(done), error="\n".join(_error_text(e) for e in failures),
         )
+
+    def refused(self, run: dg.DagsterRun) -> bool:
+        """The run failed at once because another sync held its municipality (it synced nothing)."""
+        return run.status == dg.DagsterRunStatus.FAILURE and BUSY in self.run_failure(run.run_id)
 
     def materialization(self, run_id: str) -> dict:
         """The metadata of the run's meeting_pages materialization."""
@@ -288,6 +331,12 @@ class DagsterStack:
     def start_cli(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "civicband_pipelines.cli", *args], env=self.env, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+
+
+def _error_text(entry) -> str:
+    event = entry.dagster_event
+    error = getattr(event.event_specific_data, "error", None) if event else None
+    return error.to_string() if error else (entry.message or "")
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -328,9 +377,7 @@ def running_stack(root: Path, replica, database_url: str, *, webserver: bool = F
     stack = DagsterStack(root, stack_env(root, replica.base_url_template, database_url))
     try:
         # The store's tables first (the receiver creates them too; one creator avoids a migration race).
-        from civicband_pipelines.store import MeetingStore
-
-        MeetingStore(database_url).dispose()
+        stack.store.municipality_subdomains()
         # Dagster's storage too: processes creating the same SQLite storage at once trip its migrations.
         stack.instance.get_runs(limit=1)
         since = time.time()
@@ -346,3 +393,26 @@ def running_stack(root: Path, replica, database_url: str, *, webserver: bool = F
         yield stack
     finally:
         stack.stop()
+
+
+_shared: dict = {}
+
+
+@pytest.fixture(scope="session")
+def dagster_stack(tmp_path_factory, replica) -> Iterator[DagsterStack]:
+    """One stack (daemon, webserver, receiver; SQLite store) for every test module that imports this
+    fixture: starting one takes a while on two cores. Tests keep apart by using municipalities of their
+    own. (Each importing module gets its own session-scoped fixture definition, hence the sharing.)"""
+    if not _shared:
+        root = tmp_path_factory.mktemp("dagster_stack")
+        context = running_stack(root, replica, f"sqlite:///{root / 'meetings.db'}", webserver=True)
+        _shared.update(stack=context.__enter__(), context=context, users=0)
+    _shared["users"] += 1
+    try:
+        yield _shared["stack"]
+    finally:
+        _shared["users"] -= 1
+        if not _shared["users"]:
+            context = _shared["context"]
+            _shared.clear()
+            context.__exit__(None, None, None)

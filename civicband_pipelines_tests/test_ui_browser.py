@@ -16,6 +16,7 @@ import pytest
 
 from civicband_pipelines import devstack
 from civicband_pipelines.naming import DOCUMENT_TYPES
+from civicband_pipelines.replica.generate import DEMO_MUNICIPALITIES
 from civicband_pipelines.store import MeetingStore
 
 from .upstream import assert_equals_upstream, expected_rejections, upstream_rows
@@ -23,8 +24,9 @@ from .upstream import assert_equals_upstream, expected_rejections, upstream_rows
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-MUNICIPALITY = "berkeley.ca"  # the smallest demo municipality
+MUNICIPALITY = "berkeley.ca"  # the smallest demo municipality: the one backfilled
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+VIEWPORT = {"width": 1600, "height": 900}
 UI_TIMEOUT = 30_000  # ms, for any one thing to show in the browser
 BACKFILL_TIMEOUT = 150.0  # s: two runs, one after the other (the run queue allows one per municipality)
 
@@ -36,10 +38,14 @@ if not os.environ.get("CI"):
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 BACKFILL = """query ($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
-  ... on PartitionBackfill { status runs(limit: 20) { runId status tags { key value } } } } }"""
-CHECK_EXECUTIONS = """query ($partition: String!) {
-  assetCheckExecutions(assetKey: {path: ["meeting_pages"]}, checkName: "matches_upstream", partition: $partition, limit: 1) {
+  ... on PartitionBackfill { status } } }"""
+RUNS = """query ($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+  ... on Runs { results { runId status tags { key value } } } } }"""
+CHECK_EXECUTIONS = """query ($partition: String!) { assetCheckExecutions(
+  assetKey: {path: ["meeting_pages"]}, checkName: "matches_upstream", partition: $partition, limit: 1) {
     status partition evaluation { success metadataEntries { label ... on IntMetadataEntry { intValue } } } } }"""
+COVERAGE = """{ assetNodeOrError(assetKey: {path: ["coverage_report"]}) {
+  ... on AssetNode { assetMaterializations(limit: 1) { runId } } } }"""
 MATERIALIZATION = """query ($partition: String!) { assetNodeOrError(assetKey: {path: ["meeting_pages"]}) {
   ... on AssetNode { assetMaterializations(partitions: [$partition], limit: 1) {
     metadataEntries { label ... on IntMetadataEntry { intValue } ... on UrlMetadataEntry { url } } } } } }"""
@@ -47,14 +53,14 @@ MATERIALIZATION = """query ($partition: String!) { assetNodeOrError(assetKey: {p
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Replica, webserver and daemon in a tmp dir (no webhook receiver), with one municipality."""
+    """Replica, webserver and daemon in a tmp dir (no webhook receiver), with the demo municipalities."""
     root = tmp_path_factory.mktemp("devstack")
     env = devstack.prepare(root)
     env.update(CIVICBAND_HTTP_TIMEOUT="10", CIVICBAND_HTTP_BACKOFF="0.1")
     with devstack.Stack(root, env) as running:
         devstack.start_replica(running)
         ui = devstack.start_dagster(running, _free_port())
-        devstack.register(running.env, [MUNICIPALITY])
+        devstack.register(running.env, [m.subdomain for m in DEMO_MUNICIPALITIES])
         running.ui = ui
         yield running
 
@@ -65,7 +71,7 @@ def page(stack):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 860})
+            page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(UI_TIMEOUT)
             expect.set_options(timeout=UI_TIMEOUT)
             # The UI greets a new instance with a newsletter dialog: mark it seen, and skip it should it show.
@@ -79,16 +85,16 @@ def page(stack):
 
 def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition(stack, page: Page):
     ui = stack.ui
-    T0 = time.monotonic()
     partitions = [f"{document_type}|{MUNICIPALITY}" for document_type in DOCUMENT_TYPES]  # Dagster's key order
+    total = len(DEMO_MUNICIPALITIES) * len(DOCUMENT_TYPES)
 
     # 1. The asset's partitions: two dimensions, document_type and municipality.
     page.goto(f"{ui}/assets/meeting_pages?view=partitions")
     expect(page.get_by_placeholder(re.compile("Filter by document_type"))).to_be_visible()
     expect(page.get_by_placeholder(re.compile("Filter by municipality"))).to_be_visible()
-    for key in (*DOCUMENT_TYPES, MUNICIPALITY):
+    for key in (*DOCUMENT_TYPES, *(m.subdomain for m in DEMO_MUNICIPALITIES)):
         expect(_visible_text(page, key)).to_be_visible()
-    expect(page.get_by_text("Missing (2)", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Missing ({total})", exact=True)).to_be_visible()
     page.screenshot(path=SHOTS / "asset-partitions.png")
 
     # 2. Launch a backfill of the municipality's partitions from the launch dialog.
@@ -108,24 +114,17 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
     expect(toast).to_be_visible()
     backfill_id = re.search(r"Created backfill (\w+)", toast.inner_text()).group(1)
 
-    # 3. The daemon runs it: wait for the truth (GraphQL), then see it in the UI.
-    print("T launched", time.monotonic()-T0)
-    backfill = _wait_for_backfill(ui, backfill_id)
-    print("T done", time.monotonic()-T0)
-    runs = backfill["runs"]
-    assert sorted(_tags(r)["dagster/partition"] for r in runs if r["status"] == "SUCCESS") == sorted(partitions)
+    # 3. The daemon runs it, one run per partition: wait for them (GraphQL), then see them in the UI.
+    runs = _wait_for_runs(ui, backfill_id, count=len(partitions))
+    assert sorted(_tags(r)["dagster/partition"] for r in runs) == sorted(partitions)
     assert all(_tags(r).get("dagster/from_ui") == "true" for r in runs)
-    page.goto(f"{ui}/runs/b/{backfill_id}?tab=runs")
-    for key in partitions:
-        expect(page.get_by_text(f"partition: {key}").first).to_be_visible()
-    expect(page.get_by_text("Success", exact=True)).to_have_count(2)
-    page.screenshot(path=SHOTS / "backfill-runs.png")
 
     # 4. The check's result per partition.
     page.goto(f"{ui}/assets/meeting_pages?view=checks")
     expect(page.get_by_text("matches_upstream").first).to_be_visible()
     _visible_text(page, "Partitions").last.click()  # the check's tab, not the asset's
     expect(page.get_by_text("Passed (2)", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Missing ({total - 2})", exact=True)).to_be_visible()  # only what was backfilled
     expect(page.get_by_text("Failed (0)", exact=True)).to_be_visible()
     for document_type in DOCUMENT_TYPES:
         _visible_text(page, document_type).last.click()
@@ -143,6 +142,26 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
     source = stack.env["CIVICBAND_BASE_URL"].format(subdomain=MUNICIPALITY) + "/meetings"
     expect(page.locator(f'a[href="{source}"]').first).to_be_visible()
     page.screenshot(path=SHOTS / "partition-metadata.png")
+
+    # 6. The coverage report, materialized from its page.
+    page.goto(f"{ui}/assets/coverage_report")
+    page.get_by_role("button", name="Materialize", exact=False).first.click()
+    _poll(lambda: _graphql(ui, COVERAGE)["assetNodeOrError"]["assetMaterializations"], 120, "the coverage report")
+    page.goto(f"{ui}/assets/coverage_report")
+    page.set_viewport_size({"width": 2000, "height": 1400})  # the numbers and the whole table under them
+    expect(page.get_by_text("partitions_verified_exact", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"\bago$")).first).to_be_visible()  # "Latest materialization: 3 seconds ago"
+    page.screenshot(path=SHOTS / "coverage-report.png")
+    page.set_viewport_size(VIEWPORT)
+
+    # 7. The backfill with its runs, once the daemon has marked it done.
+    _wait_for_backfill(ui, backfill_id)
+    page.goto(f"{ui}/runs/b/{backfill_id}?tab=runs")
+    expect(page.get_by_text("Succeeded", exact=True)).to_be_visible()
+    for key in partitions:
+        expect(page.get_by_text(f"partition: {key}").first).to_be_visible()
+    expect(page.get_by_text("Success", exact=True)).to_have_count(len(partitions))
+    page.screenshot(path=SHOTS / "backfill-runs.png")
 
     # What the UI showed agrees with GraphQL, the replica and the local store.
     replica_root = stack.root / "replica"
@@ -171,18 +190,32 @@ def _visible_text(page: Page, text: str):
     return page.get_by_text(text, exact=True).filter(visible=True)
 
 
-def _wait_for_backfill(ui: str, backfill_id: str) -> dict:
-    deadline = time.monotonic() + BACKFILL_TIMEOUT
-    while True:
-        backfill = _graphql(ui, BACKFILL, id=backfill_id)["partitionBackfillOrError"]
-        assert backfill["__typename"] == "PartitionBackfill", backfill
-        if backfill["status"] == "COMPLETED_SUCCESS":
-            return backfill
-        assert backfill["status"] in ("REQUESTED", "COMPLETED"), backfill  # COMPLETED: its last run still going
-        failed = [r for r in backfill["runs"] if r["status"] in ("FAILURE", "CANCELED")]
+def _wait_for_runs(ui: str, backfill_id: str, count: int) -> list[dict]:
+    def done():
+        runs = _graphql(ui, RUNS, id=backfill_id)["runsOrError"]["results"]
+        failed = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
         assert not failed, f"backfill runs failed: {failed}"
-        assert time.monotonic() < deadline, f"backfill {backfill_id} not done after {BACKFILL_TIMEOUT}s: {backfill}"
-        time.sleep(1)
+        return runs if len(runs) == count and all(r["status"] == "SUCCESS" for r in runs) else None
+
+    return _poll(done, BACKFILL_TIMEOUT, f"the {count} runs of backfill {backfill_id}")
+
+
+def _wait_for_backfill(ui: str, backfill_id: str) -> None:
+    """The backfill daemon marks a backfill done on its next pass (every 30 s)."""
+    def done():
+        backfill = _graphql(ui, BACKFILL, id=backfill_id)["partitionBackfillOrError"]
+        assert backfill.get("status") in ("REQUESTED", "COMPLETED_SUCCESS"), backfill
+        return backfill["status"] == "COMPLETED_SUCCESS"
+
+    _poll(done, 90, f"backfill {backfill_id} to be marked done")
+
+
+def _poll(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.5)
+    return value
 
 
 def _graphql(ui: str, query: str, **variables) -> dict:

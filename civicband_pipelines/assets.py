@@ -11,7 +11,7 @@ from .config import civicband_home
 from .coverage import coverage_frame, coverage_summary, coverage_table
 from .partitions import meeting_page_partitions, split_partition_key
 from .leases import MunicipalityBusy
-from .naming import TABLES
+from .naming import TABLES, InvalidSubdomain
 from .resources import CivicBandResource, MeetingStoreResource
 from .sync import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW_DAYS, SyncResult, sync_partition
 
@@ -65,8 +65,9 @@ def meeting_pages(
                 run_id=context.run_id,
                 log=context.log,
             )
-        except (UpstreamError, MunicipalityBusy) as error:  # retrying cannot help
-            raise dg.Failure(str(error), allow_retries=False) from error
+        except (UpstreamError, MunicipalityBusy, InvalidSubdomain) as error:  # retrying cannot help
+            hint = " (partitions added by hand in the UI are not checked: use `civicband municipalities add`)"
+            raise dg.Failure(f"{error}{hint if not isinstance(error, MunicipalityBusy) else ''}", allow_retries=False) from error
     source = f"{client.site_url(municipality)}/meetings/{TABLES[document_type]}"
     local_pages = meeting_store.store().count_pages(municipality, document_type)
     return dg.MaterializeResult(metadata=sync_metadata(result, source) | {"dagster/row_count": local_pages})

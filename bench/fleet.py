@@ -35,7 +35,7 @@ from civicband_pipelines.verify import verify_counts
 
 JOB = "meeting_pages_job"
 PARTITION_SET = f"{JOB}_partition_set"
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+MULTIPROCESS = {"execution": {"config": {"multiprocess": {}}}}
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 START_TIMEOUT = 120
 
@@ -55,25 +55,20 @@ class Variant:
 
 FAST_QUEUE = {"dequeue_use_threads": True, "dequeue_num_workers": 4, "dequeue_interval_seconds": 1}
 VARIANTS = {
-    "repo": Variant("dagster.yaml as in the repo (max_concurrent_runs 8, dequeue every 5 s, launches one at a "
-                    "time); the job's default multiprocess executor (a process per step)"),
-    "in_process": Variant("repo + in-process executor (the backfill's run config)", run_config=IN_PROCESS),
-    "threads": Variant("repo + run_queue dequeue_use_threads, dequeue_num_workers 4, dequeue_interval_seconds 1",
-                       FAST_QUEUE),
-    "tuned_8": Variant("in_process + dequeue_use_threads, dequeue_num_workers 4, dequeue_interval_seconds 1",
-                       FAST_QUEUE, run_config=IN_PROCESS),
-    "tuned_4": Variant("tuned_8 with max_concurrent_runs 4", {**FAST_QUEUE, "max_concurrent_runs": 4},
-                       run_config=IN_PROCESS),
-    "tuned_2": Variant("tuned_8 with max_concurrent_runs 2", {**FAST_QUEUE, "max_concurrent_runs": 2},
-                       run_config=IN_PROCESS),
-    "tuned_16": Variant("tuned_8 with max_concurrent_runs 16", {**FAST_QUEUE, "max_concurrent_runs": 16},
-                        run_config=IN_PROCESS),
-    "tuned_4_backfill_threads": Variant(
-        "tuned_4 + backfills use_threads, num_submit_workers 4", {**FAST_QUEUE, "max_concurrent_runs": 4},
-        instance={"backfills": {"use_threads": True, "num_workers": 4, "num_submit_workers": 4}}, run_config=IN_PROCESS,
+    "repo": Variant("dagster.yaml as in the repo: max_concurrent_runs 8, dequeue every 5 s, launches one at a time"),
+    "fast_queue": Variant("repo + dequeue_use_threads, dequeue_num_workers 4, dequeue_interval_seconds 1", FAST_QUEUE),
+    "fast_queue_4": Variant("fast_queue + max_concurrent_runs 4", {**FAST_QUEUE, "max_concurrent_runs": 4}),
+    "fast_queue_2": Variant("fast_queue + max_concurrent_runs 2", {**FAST_QUEUE, "max_concurrent_runs": 2}),
+    "fast_queue_16": Variant("fast_queue + max_concurrent_runs 16", {**FAST_QUEUE, "max_concurrent_runs": 16}),
+    "fast_queue_4_backfill_threads": Variant(
+        "fast_queue_4 + backfills use_threads, num_workers 4, num_submit_workers 4",
+        {**FAST_QUEUE, "max_concurrent_runs": 4},
+        instance={"backfills": {"use_threads": True, "num_workers": 4, "num_submit_workers": 4}},
     ),
+    "repo_multiprocess": Variant("repo with the multiprocess executor (a process per step), via the backfill's "
+                                 "run config; only valid while the job's executor accepts it", run_config=MULTIPROCESS),
 }
-DEFAULT_VARIANTS = ("repo", "in_process", "tuned_8", "tuned_4")
+DEFAULT_VARIANTS = ("repo", "fast_queue", "fast_queue_4", "fast_queue_2")
 
 
 def measure_fleet(base_url: str, work: Path, names: list[str], n: int, variants: list[str], timeout: float, log) -> dict:
@@ -84,7 +79,12 @@ def measure_fleet(base_url: str, work: Path, names: list[str], n: int, variants:
         log(f"fleet variant {name}: {len(keys)} partitions")
         # The first variant is launched like a user would, into a running daemon (so it waits for the backfill
         # daemon's next loop); the others are launched just before the daemon starts, which saves that wait.
-        result = run_variant(VARIANTS[name], base_url, work / name, names, keys, timeout, into_running_daemon=i == 0)
+        try:
+            result = run_variant(VARIANTS[name], base_url, work / name, names, keys, timeout, into_running_daemon=i == 0)
+        except Exception as error:  # noqa: BLE001 - one broken variant must not cost the others
+            log(f"  FAILED: {type(error).__name__}: {error}\n{_log_tail(work / name / 'daemon.log')}")
+            results["variants"][name] = {"error": f"{type(error).__name__}: {error}"}
+            continue
         result["overhead_per_partition"] = result["wall_for_n"] / len(keys) - pure["per_partition_seconds"]
         result["overhead_excl_pickup"] = result["seconds_per_partition"] - pure["per_partition_seconds"]
         results["variants"][name] = result
@@ -256,6 +256,10 @@ def launch_phases(instance: dg.DagsterInstance, records) -> dict:
             starting.append(record.start_time - launch)
     return {"mean_queued_seconds": statistics.fmean(queued) if queued else float("nan"),
             "mean_starting_seconds": statistics.fmean(starting) if starting else float("nan")}
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
 def _timestamp(value: dt.datetime) -> float:

@@ -19,6 +19,18 @@ TARGET_RSS_GROWTH_MB = 50.0
 STORE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
+def code_under_test() -> str:
+    """Which civicband_pipelines was measured (PYTHONPATH can point at a modified copy) and the repo commit."""
+    import subprocess
+
+    import civicband_pipelines
+
+    repo = Path(__file__).resolve().parents[1]
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "civicband_pipelines") else ""
+    return f"`{Path(civicband_pipelines.__file__).parent}`; repo at {git('rev-parse', '--short', 'HEAD')}{dirty}"
+
+
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
@@ -28,7 +40,8 @@ def machine() -> dict:
 
     return {"cpu": model, "cores": os.cpu_count(), "ram_gb": ram_gb, "python": platform.python_version(),
             "sqlite": sqlite3.sqlite_version, "dagster": dagster.__version__, "kernel": platform.release(),
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "code": code_under_test(),
+            "load": os.getloadavg()[0]}
 
 
 def postgres_info(url: str) -> tuple[str, int]:
@@ -38,9 +51,10 @@ def postgres_info(url: str) -> tuple[str, int]:
         with engine.connect() as conn:
             version = conn.exec_driver_sql("SHOW server_version").scalar_one()
             backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            # Read while the connection (so the backend process) is alive.
+            postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
     finally:
         engine.dispose()
-    postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
     return version, postmaster
 
 
@@ -66,7 +80,9 @@ def machine_section(m: dict) -> str:
         "## Machine\n\n"
         f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gb']:.1f} GB; Linux {m['kernel']}\n"
         f"- Python {m['python']}, SQLite {m['sqlite']}, PostgreSQL {m.get('postgresql', '?')}, Dagster {m['dagster']}\n"
-        f"- Date: {m['date']}\n"
+        f"- Date: {m['date']}; 1-minute load average at the start: {m['load']:.1f} (the machine is shared: "
+        "see the `load` columns)\n"
+        f"- Code measured: {m['code']}\n"
         "- Upstream: the project's replica (real Datasette 1.0a19 over loopback HTTP, no fault proxy), on the same "
         "2 cores as everything else.\n"
         "- PostgreSQL is the tests' throwaway server (`pg_server.running_postgres`: fsync=off, "
@@ -115,17 +131,23 @@ def fetch_table(partitions) -> str:
 
 def sync_table(partitions) -> str:
     lines = ["## Sync vs ceiling vs naive\n",
-             "| pages | store | sync s | sync rows/s | × ceiling | client CPU ms/1k | replica CPU ms/1k | PostgreSQL CPU ms/1k | "
-             "naive rows/s (slice) | sync ÷ naive | naive est. for the partition | load |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "`first/last 10 batches` = rows/s over the sync's first and last 10 batches: a per-batch cost that grows "
+             "with the partition shows as a drop. A sync stopped at `--sync-timeout` is marked *, its rate taken "
+             "from the batches it committed.\n",
+             "| pages | store | sync s | sync rows/s | × ceiling | first / last 10 batches rows/s | client CPU ms/1k | "
+             "replica CPU ms/1k | PostgreSQL CPU ms/1k | naive rows/s (slice) | sync ÷ naive | naive est. for the partition | load |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in partitions:
         for kind, sync in p.sync.items():
             naive = p.naive.get(kind)
             naive_cols = (f"{_rate(naive)} ({naive['rows']:,}) | {sync['rows_per_second'] / naive['rows_per_second']:.1f}× | "
                           f"{p.municipality.agenda_pages / naive['rows_per_second']:.0f} s") if naive else "– | – | –"
             pg_cpu = _per_1k(sync, "postgres_cpu_seconds") if kind == "postgresql" else "–"
-            lines.append(f"| {p.municipality.agenda_pages:,} | {STORE_NAMES[kind]} | {sync['seconds']:.1f} | {_rate(sync)} | "
-                         f"{sync['rows_per_second'] / p.ceiling:.2f} | {_per_1k(sync, 'cpu_seconds')} | "
+            star = "*" if sync.get("timed_out") else ""
+            batches = (f"{sync['first_batches_rows_per_second']:,.0f} / {sync['last_batches_rows_per_second']:,.0f}"
+                       if "first_batches_rows_per_second" in sync else "–")
+            lines.append(f"| {p.municipality.agenda_pages:,} | {STORE_NAMES[kind]} | {sync['seconds']:.1f}{star} | {_rate(sync)}{star} | "
+                         f"{sync['rows_per_second'] / p.ceiling:.2f} | {batches} | {_per_1k(sync, 'cpu_seconds')} | "
                          f"{_per_1k(sync, 'replica_cpu_seconds')} | {pg_cpu} | {naive_cols} | {sync['load_before']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -181,6 +203,9 @@ def fleet_table(f: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in f["variants"].items():
+        if "error" in r:
+            lines.append(f"| {name} | {fleet_module.VARIANTS[name].description} | failed: {r['error']} |" + " |" * 10)
+            continue
         star = "*" if r["timed_out"] else ""
         lines.append(
             f"| {name} | {fleet_module.VARIANTS[name].description} | {r['wall_for_n']:.0f}{star} | {r['pickup_seconds']:.1f} | "
@@ -213,9 +238,10 @@ def targets_section(results: dict) -> str:
         requests = {v["count_requests"] for v in large.verify.values()}
         lines.append(_target("exact count in 1 request regardless of size", f"{sorted(requests)} request(s)", requests == {1}))
     fleet = results.get("fleet")
-    if fleet:
-        best = min(fleet["variants"].items(), key=lambda kv: _nan_last(kv[1]["wall_for_n"]))
-        repo = fleet["variants"].get("repo")
+    if fleet and any("error" not in v for v in fleet["variants"].values()):
+        measured = {k: v for k, v in fleet["variants"].items() if "error" not in v}
+        best = min(measured.items(), key=lambda kv: _nan_last(kv[1]["wall_for_n"]))
+        repo = measured.get("repo")
         baseline = f"repo dagster.yaml {repo['overhead_per_partition']:.2f} s/partition; " if repo else ""
         lines.append(f"| fleet overhead per partition reported | {baseline}best `{best[0]}` "
                      f"{best[1]['overhead_per_partition']:.2f} s/partition | reported |")
@@ -231,7 +257,8 @@ def _rate(result: dict) -> str:
 
 
 def _per_1k(result: dict, key: str) -> str:
-    return f"{result[key] / result['rows'] * 1000 * 1000:.0f}" if result.get("rows") else "–"
+    value = result.get(key, math.nan)
+    return "–" if not result.get("rows") or math.isnan(value) else f"{value / result['rows'] * 1000 * 1000:.0f}"
 
 
 def _nan_last(value: float) -> float:

@@ -40,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sync-timeout", type=float, default=240, help="seconds before a sync child is stopped "
                         "(its rate is then taken from the batches it committed)")
     parser.add_argument("--only", choices=("throughput", "fleet"), help="run one half only (for debugging)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores) for debugging")
     parser.add_argument("--out", type=Path, default=common.REPO / "BENCHMARKS.md")
     return parser.parse_args(argv)
 
@@ -55,7 +56,10 @@ def main(argv=None) -> int:
     try:
         results = run_all(args, work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     results["total_seconds"] = time.monotonic() - started
     args.out.write_text(report.render(results, args))
     log(f"wrote {args.out} ({results['total_seconds']:.0f} s in all)")

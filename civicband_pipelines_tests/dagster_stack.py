@@ -31,6 +31,7 @@ from pathlib import Path
 import dagster as dg
 import httpx
 import pytest
+import sqlalchemy as sa
 import yaml
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick, InstigatorType
 
@@ -57,7 +58,7 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class SyncInterval:
-    """When a run's sync step ran (event log timestamps) and how it ended."""
+    """When a run's sync held its municipality (see DagsterStack.sync_interval) and how it ended."""
 
     run_id: str
     municipality: str
@@ -115,7 +116,7 @@ class DagsterStack:
             try:
                 if value := condition():
                     return value
-            except (httpx.HTTPError, OSError):
+            except (httpx.HTTPError, OSError, sa.exc.OperationalError):  # not up yet; SQLite busy
                 pass
             dead = [n for n, p in self.processes.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:

@@ -139,7 +139,7 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
     _visible_text(page, "agenda").last.click()
     _visible_text(page, MUNICIPALITY).last.click()
     expect(page.get_by_text("pages_fetched", exact=True)).to_be_visible()
-    source = stack.env["CIVICBAND_BASE_URL"].format(subdomain=MUNICIPALITY) + "/meetings"
+    source = stack.env["CIVICBAND_BASE_URL"].format(subdomain=MUNICIPALITY) + "/meetings/agendas"
     expect(page.locator(f'a[href="{source}"]').first).to_be_visible()
     page.screenshot(path=SHOTS / "partition-metadata.png")
 

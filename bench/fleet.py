@@ -68,7 +68,7 @@ VARIANTS = {
     "repo_multiprocess": Variant("repo with the multiprocess executor (a process per step), via the backfill's "
                                  "run config; only valid while the job's executor accepts it", run_config=MULTIPROCESS),
 }
-DEFAULT_VARIANTS = ("repo", "fast_queue", "fast_queue_4", "fast_queue_2")
+DEFAULT_VARIANTS = ("repo", "fast_queue", "fast_queue_4")
 
 
 def measure_fleet(base_url: str, work: Path, names: list[str], n: int, variants: list[str], timeout: float, log) -> dict:

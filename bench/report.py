@@ -160,9 +160,9 @@ def memory_table(partitions) -> str:
         peaks = [p.sync[kind]["vmhwm_mb"] for p in partitions if kind in p.sync]
         if peaks:
             lines.append(f"| {STORE_NAMES[kind]} | " + " | ".join(f"{v:.0f}" for v in peaks) + f" | {peaks[-1] - peaks[0]:+.0f} |")
-    lines.append("\n(RSS before the sync started, after imports and store creation: "
-                 + ", ".join(f"{STORE_NAMES[k]} {p.sync[k]['rss_before_sync_mb']:.0f} MB at {p.municipality.agenda_pages:,}"
-                             for p in partitions for k in p.sync) + ".)")
+    before = [f"{STORE_NAMES[k]} {p.sync[k]['rss_before_sync_mb']:.0f} MB at {p.municipality.agenda_pages:,}"
+              for p in partitions for k in p.sync if not math.isnan(p.sync[k]["rss_before_sync_mb"])]
+    lines.append("\n(RSS before the sync started, after imports and store creation: " + ", ".join(before) + ".)")
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fleet", type=int, default=100, help="partitions in the Dagster backfill (0 = skip)")
     parser.add_argument("--fleet-variants", default=",".join(fleet.DEFAULT_VARIANTS),
                         help=f"comma-separated, from: {', '.join(fleet.VARIANTS)}")
-    parser.add_argument("--fleet-timeout", type=float, default=420, help="seconds per fleet backfill")
+    parser.add_argument("--fleet-timeout", type=float, default=120,
+                        help="seconds a variant's runs may take (from its first run); beyond, the wall time is extrapolated")
     parser.add_argument("--sync-timeout", type=float, default=240, help="seconds before a sync child is stopped "
                         "(its rate is then taken from the batches it committed)")
     parser.add_argument("--only", choices=("throughput", "fleet"), help="run one half only (for debugging)")

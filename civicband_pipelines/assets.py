@@ -15,6 +15,9 @@ from .naming import TABLES, InvalidSubdomain
 from .resources import CivicBandResource, MeetingStoreResource
 from .sync import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW_DAYS, SyncResult, sync_partition
 
+# Runs are queued one per municipality, so the lease is only ever busy because of a sync outside the
+# queue (the CLI): wait for it rather than fail.
+DEFAULT_LEASE_WAIT = 30 * 60.0
 TRIGGER_TAG = "civicband/trigger"  # cli / webhook / repair / continuation; UI launches have none
 
 
@@ -27,6 +30,9 @@ class SyncConfig(dg.Config):
     window_days: int = pydantic.Field(DEFAULT_WINDOW_DAYS, ge=1)
     time_budget_seconds: float | None = pydantic.Field(
         None, description="Stop at a checkpoint after this long; a sensor chains a continuation run."
+    )
+    lease_wait_seconds: float = pydantic.Field(
+        DEFAULT_LEASE_WAIT, ge=0, description="How long to wait while another sync (say, the CLI) holds the municipality."
     )
 
 
@@ -62,10 +68,11 @@ def meeting_pages(
                 window_days=config.window_days,
                 time_budget=config.time_budget_seconds or default_time_budget(),
                 trigger=context.run.tags.get(TRIGGER_TAG, "ui"),
+                lease_wait=config.lease_wait_seconds,
                 run_id=context.run_id,
                 log=context.log,
             )
-        except (UpstreamError, MunicipalityBusy, InvalidSubdomain) as error:  # retrying cannot help
+        except (UpstreamError, MunicipalityBusy, InvalidSubdomain) as error:  # a clear message, not a traceback
             hint = " (partitions added by hand in the UI are not checked: use `civicband municipalities add`)"
             raise dg.Failure(f"{error}{hint if not isinstance(error, MunicipalityBusy) else ''}", allow_retries=False) from error
     source = f"{client.site_url(municipality)}/meetings/{TABLES[document_type]}"

@@ -17,6 +17,7 @@ from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
 
 RESUMABLE = ("failed", "paused")
+WAIT_FOREVER = 7 * 24 * 3600.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +95,9 @@ def _backfill(args: argparse.Namespace) -> int:
     busy = [m for m in dict.fromkeys(m for m, _ in partitions) if not _until_free(store, m, args.wait)]
     if busy:
         return 3
-    run_config = {"ops": {"meeting_pages": {"config": {"batch_size": args.batch_size, "restart": args.restart}}}}
+    # With --wait, each partition's sync also waits for the lease: a queued run may take it in between.
+    sync_config = {"batch_size": args.batch_size, "restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
+    run_config = {"ops": {"meeting_pages": {"config": sync_config}}}
     failed, verifications = [], []
     for partition in partitions:
         result = _run(instance, "meeting_pages_job", partition, run_config)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from .schema import sync_leases
 from .store import MeetingStore, utcnow
 
 DEFAULT_STALE_AFTER = 90.0  # seconds without a heartbeat before a lease is presumed dead
+WAIT_POLL_SECONDS = 1.0  # how often a sync waiting for a busy municipality tries again
 
 
 class MunicipalityBusy(Exception):
@@ -44,8 +46,10 @@ def stale_after_from_env() -> float:
 class MunicipalityLease:
     """Context manager holding the municipality's lease, heartbeating in the background."""
 
-    def __init__(self, store: MeetingStore, municipality: str, owner: SyncOwner, stale_after: float | None = None):
-        self.store, self.municipality, self.owner = store, municipality, owner
+    def __init__(
+        self, store: MeetingStore, municipality: str, owner: SyncOwner, *, wait: float = 0.0, stale_after: float | None = None
+    ):
+        self.store, self.municipality, self.owner, self.wait = store, municipality, owner, wait
         self.stale_after = stale_after or stale_after_from_env()
         self.holder = uuid.uuid4().hex
         self._lock_connection: sa.Connection | None = None
@@ -53,6 +57,21 @@ class MunicipalityLease:
         self._heartbeat: threading.Thread | None = None
 
     def __enter__(self) -> "MunicipalityLease":
+        """Take the lease, waiting up to `wait` seconds for another sync of the municipality to end."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                self._acquire()
+                break
+            except MunicipalityBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.municipality}", daemon=True)
+        self._heartbeat.start()
+        return self
+
+    def _acquire(self) -> None:
         if self.store.engine.dialect.name == "postgresql":
             self._take_advisory_lock()
         try:
@@ -60,9 +79,6 @@ class MunicipalityLease:
         except BaseException:
             self._release_advisory_lock()
             raise
-        self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.municipality}", daemon=True)
-        self._heartbeat.start()
-        return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

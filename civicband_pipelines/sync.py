@@ -75,6 +75,7 @@ def sync_partition(
     window_days: int = DEFAULT_WINDOW_DAYS,
     time_budget: float | None = None,
     trigger: str = "cli",
+    lease_wait: float = 0.0,
     run_id: str | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> SyncResult:
@@ -85,7 +86,8 @@ def sync_partition(
     upstream changed replace the local ones; pages the completed sync covered but never saw upstream
     are removed, so the partition ends equal to upstream. Past `time_budget` seconds the sync stops
     at a checkpoint with status `paused` (a sensor chains a continuation run). Holds the
-    municipality's lease throughout: raises MunicipalityBusy if another sync has it.
+    municipality's lease throughout: waits up to `lease_wait` seconds while another sync has it, then
+    raises MunicipalityBusy.
     """
     validate_subdomain(municipality)
     validate_document_type(document_type)
@@ -93,7 +95,7 @@ def sync_partition(
         raise ValueError(f"invalid mode {mode!r}: expected one of {', '.join(MODES)}")
     log = log or logging.getLogger(__name__)
     owner = SyncOwner(document_type, mode, trigger, run_id)
-    with MunicipalityLease(store, municipality, owner):
+    with MunicipalityLease(store, municipality, owner, wait=lease_wait):
         start = store.start_sync(
             municipality, document_type, restart=restart, run_id=run_id, mode=mode, window=_window(window_days)
         )

@@ -68,7 +68,10 @@ def test_run_queue_and_retries_match_the_local_instance(values, local_instance):
     assert MUNICIPALITY_LIMIT in queue["tagConcurrencyLimits"]
     assert queue["tagConcurrencyLimits"] == local_instance["run_queue"]["tag_concurrency_limits"]
     assert queue["maxConcurrentRuns"] == local_instance["run_queue"]["max_concurrent_runs"]
-    assert daemon["runRetries"] == {"enabled": True, "maxRetries": local_instance["run_retries"]["max_retries"]}
+    retries = local_instance["run_retries"]
+    assert daemon["runRetries"] == {
+        "enabled": True, "maxRetries": retries["max_retries"], "retryOnAssetOrOpFailure": retries["retry_on_asset_or_op_failure"],
+    }
     assert values["telemetry"]["enabled"] is False
 
 

@@ -58,16 +58,16 @@ def launch_ui_backfill(stack, partitions: list[str], batch_size: int) -> str:
 
 
 def describe(stack, runs) -> str:
-    """One line per run: its sync interval (seconds, mod 1000), or why it has none."""
+    """One line per run, in sync order: when it synced (seconds after the first sync), or why it didn't."""
+    rows = [(stack.sync_interval(run), run) for run in runs]
+    t0 = min((i.start for i, _ in rows if i), default=0.0)
     lines = []
-    for run in runs:
-        interval = stack.sync_interval(run)
-        when = f"{interval.start % 1000:8.2f}-{interval.end % 1000:8.2f}" if interval else f"{'-':>17}"
+    for interval, run in sorted(rows, key=lambda row: row[0].start if row[0] else float("inf")):
+        when = f"{interval.start - t0:7.2f}-{interval.end - t0:7.2f}" if interval else f"{'-':>15}"
         state = "refused (busy)" if stack.refused(run) else run.status.value
-        lines.append((interval.start if interval else float("inf"),
-                      f"{when} {run.tags[MUNICIPALITY_TAG]} {run.tags['dagster/partition/document_type']:8} "
-                      f"{run.tags.get('civicband/trigger', 'ui'):8} {state} {run.run_id[:8]}"))
-    return "\n".join(line for _, line in sorted(lines))
+        lines.append(f"{when} {run.tags[MUNICIPALITY_TAG]} {run.tags['dagster/partition/document_type']:8} "
+                     f"{run.tags.get('civicband/trigger', 'ui'):8} {state} {run.run_id[:8]}")
+    return "\n".join(lines)
 
 
 def test_ui_backfill_sensor_runs_and_cli_never_sync_one_municipality_at_once(stack, replica, replica_root):

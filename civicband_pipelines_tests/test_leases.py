@@ -1,0 +1,81 @@
+"""The municipality lease on SQLite and PostgreSQL: refusals, waiting, dead holders."""
+
+import datetime as dt
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from civicband_pipelines.leases import MunicipalityBusy, MunicipalityLease, SyncOwner, active_lease, settle_dead_syncs
+from civicband_pipelines.schema import sync_leases
+
+OWNER = SyncOwner("agenda", "incremental", "webhook", "run-1")
+
+
+def test_a_second_holder_is_refused_with_who_holds_it(store):
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        with pytest.raises(MunicipalityBusy) as refused:
+            with MunicipalityLease(store, "oakland.ca", SyncOwner("minutes")):
+                pass
+        assert str(refused.value) == (
+            "Backfill already in progress for oakland.ca (started: just now). "
+            "Active: webhook run run-1, agenda incremental mode. Check the UI or wait."
+        )
+        with MunicipalityLease(store, "alameda.ca", SyncOwner("agenda")):  # others go on in parallel
+            assert active_lease(store, "alameda.ca") is not None
+    assert active_lease(store, "oakland.ca") is None  # released
+
+
+def test_a_waiting_holder_gives_up_after_its_wait(store):
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        started = time.monotonic()
+        with pytest.raises(MunicipalityBusy):
+            with MunicipalityLease(store, "oakland.ca", SyncOwner("minutes"), wait=1.0):
+                pass
+        assert time.monotonic() - started >= 1.0
+
+
+HOLD = """
+import sys, time
+from civicband_pipelines.leases import MunicipalityLease, SyncOwner
+from civicband_pipelines.store import MeetingStore
+with MunicipalityLease(MeetingStore(sys.argv[1]), "oakland.ca", SyncOwner("agenda"), stale_after=2):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_holder_frees_its_municipality_without_cleanup(store, store_url):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, store_url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MunicipalityBusy):
+            with MunicipalityLease(store, "oakland.ca", SyncOwner("minutes"), stale_after=2):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # PostgreSQL frees the advisory lock with the connection; on SQLite the lease goes stale (2 s here).
+    with MunicipalityLease(store, "oakland.ca", SyncOwner("minutes"), wait=30, stale_after=2):
+        assert store.lease("oakland.ca")["document_type"] == "minutes"
+
+
+def test_running_jobs_without_a_live_lease_are_settled_as_failed(store):
+    start = store.start_sync("oakland.ca", "agenda", restart=False, run_id="r1")
+    assert start.generation == 1
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        assert settle_dead_syncs(store) == []  # alive: left alone
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    with store.writer.begin() as conn:  # a lease row left behind by a process that died long ago
+        conn.execute(sa.insert(sync_leases).values(
+            municipality="oakland.ca", holder="gone", document_type="agenda", mode="full", trigger="cli",
+            host="h", pid=1, started_at=old, heartbeat_at=old,
+        ))
+    if store.engine.dialect.name == "sqlite":
+        assert active_lease(store, "oakland.ca") is None
+    (settled,) = settle_dead_syncs(store)
+    assert settled["run_id"] == "r1"
+    job = store.job("oakland.ca", "agenda")
+    assert job["status"] == "failed" and "process killed" in job["last_error"]

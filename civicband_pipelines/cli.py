@@ -239,7 +239,7 @@ def _print_jobs(partitions: list[tuple[str, str]] | None) -> None:
     if partitions is not None:
         jobs = [j for j in jobs if (j["municipality"], j["document_type"]) in set(partitions)]
     columns = ("municipality", "document_type", "status", "pages_fetched", "pages_created", "pages_updated",
-               "pages_deleted", "rejected_count", "expected_count", "actual_count", "verified_at", "last_error")
+               "pages_deleted", "rejected_count", "expected_count", "actual_count", "verified_ok", "verified_at", "last_error")
     print(format_table(columns, [[_cell(job[c]) for c in columns] for job in jobs]))
 
 

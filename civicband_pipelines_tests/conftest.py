@@ -11,6 +11,7 @@ from civicband_pipelines.config import ClientSettings
 from civicband_pipelines.replica.generate import build_municipality
 from civicband_pipelines.store import MeetingStore
 
+from .dagster_stack import running_stack
 from .pg_server import PostgresUnavailable, create_database, running_postgres
 from .replica_process import running_replica
 
@@ -87,3 +88,12 @@ def store(store_url):
     store = MeetingStore(store_url)
     yield store
     store.dispose()
+
+
+@pytest.fixture(scope="session")
+def dagster_stack(tmp_path_factory, replica):
+    """A Dagster deployment (daemon, webserver, webhook receiver; SQLite store) shared by the
+    end-to-end tests: starting one takes a while on two cores. Tests use municipalities of their own."""
+    root = tmp_path_factory.mktemp("dagster_stack")
+    with running_stack(root, replica, f"sqlite:///{root / 'meetings.db'}", webserver=True) as stack:
+        yield stack

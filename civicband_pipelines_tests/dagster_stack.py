@@ -30,7 +30,6 @@ from pathlib import Path
 
 import dagster as dg
 import httpx
-import pytest
 import sqlalchemy as sa
 import yaml
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick, InstigatorType
@@ -394,26 +393,3 @@ def running_stack(root: Path, replica, database_url: str, *, webserver: bool = F
         yield stack
     finally:
         stack.stop()
-
-
-_shared: dict = {}
-
-
-@pytest.fixture(scope="session")
-def dagster_stack(tmp_path_factory, replica) -> Iterator[DagsterStack]:
-    """One stack (daemon, webserver, receiver; SQLite store) for every test module that imports this
-    fixture: starting one takes a while on two cores. Tests keep apart by using municipalities of their
-    own. (Each importing module gets its own session-scoped fixture definition, hence the sharing.)"""
-    if not _shared:
-        root = tmp_path_factory.mktemp("dagster_stack")
-        context = running_stack(root, replica, f"sqlite:///{root / 'meetings.db'}", webserver=True)
-        _shared.update(stack=context.__enter__(), context=context, users=0)
-    _shared["users"] += 1
-    try:
-        yield _shared["stack"]
-    finally:
-        _shared["users"] -= 1
-        if not _shared["users"]:
-            context = _shared["context"]
-            _shared.clear()
-            context.__exit__(None, None, None)

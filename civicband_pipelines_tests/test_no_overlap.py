@@ -9,7 +9,7 @@ import pytest
 from civicband_pipelines.naming import DOCUMENT_TYPES
 
 from .conftest import make_municipality
-from .dagster_stack import BUSY, MUNICIPALITY_TAG, dagster_stack, running_stack  # noqa: F401 (a fixture)
+from .dagster_stack import BUSY, MUNICIPALITY_TAG, running_stack
 from .pg_server import create_database
 from .upstream import assert_equals_upstream, upstream_rows
 

@@ -12,7 +12,6 @@ from civicband_pipelines.partitions import MUNICIPALITY
 from civicband_pipelines.replica.generate import add_documents
 
 from .conftest import make_municipality
-from .dagster_stack import dagster_stack  # noqa: F401 (a fixture)
 from .upstream import assert_equals_upstream, replica_db, upstream_rows
 
 PENDING = ("QUEUED", "NOT_STARTED")

@@ -169,7 +169,8 @@ def run_variant(variant: Variant, base_url: str, home: Path, names: list[str], k
         except TimeoutError:
             records, timed_out = instance.get_run_records(runs), True
         result = summarize(records, launched, len(keys))
-        return result | launch_phases(instance, records) | {"timed_out": timed_out, "pickup_measured": into_running_daemon}
+        return result | launch_phases(instance, records) | {"timed_out": timed_out, "pickup_measured": into_running_daemon,
+                                                             "failures": failure_messages(instance, records)}
     finally:
         stack.stop()
         instance.dispose()
@@ -256,6 +257,18 @@ def launch_phases(instance: dg.DagsterInstance, records) -> dict:
             starting.append(record.start_time - launch)
     return {"mean_queued_seconds": statistics.fmean(queued) if queued else float("nan"),
             "mean_starting_seconds": statistics.fmean(starting) if starting else float("nan")}
+
+
+def failure_messages(instance: dg.DagsterInstance, records, limit: int = 3) -> list[str]:
+    """Why runs failed: the first error of each of the first `limit` failed runs."""
+    messages = []
+    for record in [r for r in records if r.dagster_run.status == DagsterRunStatus.FAILURE][:limit]:
+        failures = instance.all_logs(record.dagster_run.run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE})
+        error = next((e.dagster_event.event_specific_data.error for e in failures
+                      if getattr(e.dagster_event.event_specific_data, "error", None)), None)
+        text = error.message.strip() if error else (failures[0].message if failures else "?")
+        messages.append(f"{record.dagster_run.tags.get(PARTITION_NAME_TAG)}: {text[:300]}")
+    return messages
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

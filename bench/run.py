@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds a variant's runs may take (from its first run); beyond, the wall time is extrapolated")
     parser.add_argument("--sync-timeout", type=float, default=240, help="seconds before a sync child is stopped "
                         "(its rate is then taken from the batches it committed)")
+    parser.add_argument("--latency-ms", type=int, default=200, help="also measure the small partition through a "
+                        "proxy adding this delay to every request (0 = skip)")
     parser.add_argument("--only", choices=("throughput", "fleet"), help="run one half only (for debugging)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores) for debugging")
     parser.add_argument("--out", type=Path, default=common.REPO / "BENCHMARKS.md")
@@ -85,11 +87,26 @@ def run_all(args, work: Path) -> dict:
         for muni, naive in ((small, None), (large, args.naive_slice)) if args.only != "fleet" else ():
             log(f"partition {muni.subdomain}/agenda: {muni.agenda_pages} pages")
             results["partitions"].append(throughput.measure_partition(base_url, servers, stores, muni, naive, args.sync_timeout, log))
+        if args.latency_ms and args.only != "fleet":
+            results["latency"] = measure_with_latency(args, replica_root, small, postmaster, stores)
         if args.fleet and args.only != "throughput":
             results["fleet"] = fleet.measure_fleet(
                 base_url, work / "fleet", fleet_names, args.fleet, args.fleet_variants.split(","), args.fleet_timeout, log
             )
     return results
+
+
+def measure_with_latency(args, replica_root: Path, muni: setup_env.Municipality, postmaster: int, stores) -> dict:
+    """The small partition again, through the replica's proxy delaying every request: upstream is remote in
+    production, so fetching, not local CPU, is the bottleneck there."""
+    log(f"partition {muni.subdomain}/agenda through a proxy adding {args.latency_ms} ms per request")
+    with running_replica(replica_root, proxy=True) as slow:
+        slow.set_faults(rate=1.0, kinds=["slow"], slow_seconds=args.latency_ms / 1000)
+        servers = throughput.Servers(slow.process.pid, postmaster)  # the proxy runs in the replica's process
+        setup_env.warm_up(slow.base_url_template, [muni.subdomain])
+        result = throughput.measure_partition(slow.base_url_template, servers, stores, muni, None, args.sync_timeout, log,
+                                              fetch_variants=("sequential", "prefetch"))
+    return {"latency_ms": args.latency_ms, "result": result}
 
 
 if __name__ == "__main__":

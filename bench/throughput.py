@@ -93,10 +93,10 @@ def _text(output) -> str:
 
 
 def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Municipality, naive_rows: int | None,
-                      sync_timeout: float, log) -> PartitionResult:
+                      sync_timeout: float, log, fetch_variants=tuple(FETCH_VARIANTS)) -> PartitionResult:
     result = PartitionResult(muni)
     common_args = ["--base-url", base_url, "--municipality", muni.subdomain]
-    for label, flags in FETCH_VARIANTS.items():
+    for label, flags in ((v, FETCH_VARIANTS[v]) for v in fetch_variants):
         result.fetch[label] = run_child(servers, "fetch", *common_args, *flags)
         log(f"  fetch {label}: {result.fetch[label]['rows_per_second']:.0f} rows/s")
     for kind in STORES:

@@ -83,34 +83,36 @@ def _backfill(args: argparse.Namespace) -> int:
     if not 1 <= args.batch_size <= 1000:
         print("error: --batch-size must be between 1 and 1000", file=sys.stderr)
         return 2
-    instance = dagster_instance()
+    instance, store = dagster_instance(), open_store(database_url_from_env())
     partitions = _partitions(instance, args)
     if args.resume:
-        store = open_store(database_url_from_env())
         partitions = [(m, d) for m, d in partitions if (store.job(m, d) or {}).get("status") in RESUMABLE]
     if not partitions:
         print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))
         return 0
-    store = open_store(database_url_from_env())
-    busy = [m for m in dict.fromkeys(m for m, _ in partitions) if not _until_free(store, m, args.wait)]
-    if busy:
+    if not all([_until_free(store, m, args.wait) for m in dict.fromkeys(m for m, _ in partitions)]):
         return 3
     # With --wait, each partition's sync also waits for the lease: a queued run may take it in between.
     sync_config = {"batch_size": args.batch_size, "restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
-    run_config = {"ops": {"meeting_pages": {"config": sync_config}}}
-    failed, verifications = [], []
-    for partition in partitions:
-        result = _run(instance, "meeting_pages_job", partition, run_config)
-        evaluation = _evaluation(result)
-        verifications.append(_verification_line(partition, evaluation))
-        if not (result.success and evaluation and evaluation.passed):
-            failed.append(partition)
+    failed, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
     _print_jobs(partitions)
     print("\n".join(verifications))
     print(f"{len(partitions) - len(failed)} of {len(partitions)} partitions synced and verified")
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, str]], run_config: dict):
+    """Run meeting_pages_job (sync, then check) per partition; returns (failed partitions, check lines)."""
+    failed, lines = [], []
+    for partition in partitions:
+        result = _run(instance, "meeting_pages_job", partition, run_config)
+        evaluation = _evaluation(result)
+        lines.append(_verification_line(partition, evaluation))
+        if not (result.success and evaluation and evaluation.passed):
+            failed.append(partition)
+    return failed, lines
 
 
 def _until_free(store, municipality: str, wait: bool) -> bool:

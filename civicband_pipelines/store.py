@@ -358,14 +358,11 @@ class MeetingStore:
         query = sa.select(*key_columns, *(meeting_pages.c[name] for name in _COMPARED)).where(
             *_in_partition(meeting_pages, municipality, document_type)
         )
-        keys = [_key(r) for r in records]
-        if self.engine.dialect.name == "postgresql":
-            # PostgreSQL plans a 1000-tuple IN list as 1000 OR'd index probes (10x slower): join
-            # against the keys unnested from three arrays instead.
-            batch = sa.func.unnest(*(list(column) for column in zip(*keys))).table_valued(*PAGE_KEY).render_derived()
-            query = query.join(batch, sa.and_(*(c == batch.c[c.name] for c in key_columns)))
-        else:
-            query = query.where(sa.tuple_(*key_columns).in_(keys))
+        # Join against the batch's keys as a VALUES list: each key is then one unique-index probe.
+        # (A row-value IN list makes SQLite scan the whole partition per batch, and PostgreSQL plan
+        # 1000 OR'd probes.)
+        batch = sa.values(*(sa.column(c.name, c.type) for c in key_columns), name="batch").data([_key(r) for r in records]).cte("batch")
+        query = query.join(batch, sa.and_(*(c == batch.c[c.name] for c in key_columns)))
         return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
 
     def _upsert_pages(self):

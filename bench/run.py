@@ -2,7 +2,7 @@
 cost and Dagster fleet overhead, on SQLite and PostgreSQL. Writes a markdown report.
 
   .venv/bin/python bench/run.py [--pages 200000] [--small 20000] [--naive-slice 5000] [--fleet 100]
-                                [--out BENCHMARKS.md]
+                                [--out BENCHMARKS.md]   (more options: --help; bench/README.md)
 
 Everything runs against loopback servers this script starts (a Datasette replica, a throwaway
 PostgreSQL, Dagster daemon and webserver) and everything is stopped and deleted at the end.
@@ -72,28 +72,35 @@ def main(argv=None) -> int:
 def run_all(args, work: Path) -> dict:
     replica_root = work / "replica"
     log(f"building the replica in {replica_root}")
-    small = setup_env.build_measured(replica_root, "small.bench", args.small, seed=2)
-    large = setup_env.build_measured(replica_root, "large.bench", args.pages, seed=1)
-    fleet_names = setup_env.build_fleet(replica_root, (args.fleet + 1) // 2) if args.fleet else []
+    measured = build_measured(args, replica_root)
+    fleet_names = setup_env.build_fleet(replica_root, (args.fleet + 1) // 2) if args.fleet and args.only != "throughput" else []
     setup_env.warm_page_cache(replica_root)
-    results: dict = {"machine": report.machine()}
+    results: dict = {"machine": report.machine(), "partitions": []}
     with running_replica(replica_root, proxy=False) as replica, running_postgres("civicband_bench") as pg_url:
         results["machine"]["postgresql"], postmaster = report.postgres_info(pg_url)
         servers = throughput.Servers(replica.process.pid, postmaster)
         base_url = replica.direct_url_template
         stores = setup_env.Stores(work, pg_url)
-        setup_env.warm_up(base_url, [small.subdomain, large.subdomain])
-        results["partitions"] = []
-        for muni, naive in ((small, None), (large, args.naive_slice)) if args.only != "fleet" else ():
+        setup_env.warm_up(base_url, [muni.subdomain for muni, _ in measured])
+        for muni, naive in measured:
             log(f"partition {muni.subdomain}/agenda: {muni.agenda_pages} pages")
             results["partitions"].append(throughput.measure_partition(base_url, servers, stores, muni, naive, args.sync_timeout, log))
-        if args.latency_ms and args.only != "fleet":
-            results["latency"] = measure_with_latency(args, replica_root, small, postmaster, stores)
-        if args.fleet and args.only != "throughput":
+        if measured and args.latency_ms:
+            results["latency"] = measure_with_latency(args, replica_root, measured[0][0], postmaster, stores)
+        if fleet_names:
             results["fleet"] = fleet.measure_fleet(
                 base_url, work / "fleet", fleet_names, args.fleet, args.fleet_variants.split(","), args.fleet_timeout, log
             )
     return results
+
+
+def build_measured(args, root: Path) -> list[tuple[setup_env.Municipality, int | None]]:
+    """The small and the large municipality, each with its naive slice (only the large one gets one)."""
+    if args.only == "fleet":
+        return []
+    small = setup_env.build_measured(root, "small.bench", args.small, seed=2)
+    large = setup_env.build_measured(root, "large.bench", args.pages, seed=1)
+    return [(small, None), (large, args.naive_slice)]
 
 
 def measure_with_latency(args, replica_root: Path, muni: setup_env.Municipality, postmaster: int, stores) -> dict:

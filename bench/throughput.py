@@ -22,7 +22,7 @@ FETCH_VARIANTS = {  # label -> child.py flags
     "prefetch": ["--prefetch"],
     "prefetch + parse_row": ["--prefetch", "--parse"],
 }
-CHILD_TIMEOUT = 900
+CHILD_TIMEOUT = 300  # fetch and naive children; syncs get --sync-timeout
 
 
 @dataclass

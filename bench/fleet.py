@@ -35,7 +35,6 @@ from civicband_pipelines.verify import verify_counts
 
 JOB = "meeting_pages_job"
 PARTITION_SET = f"{JOB}_partition_set"
-MULTIPROCESS = {"execution": {"config": {"multiprocess": {}}}}
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 START_TIMEOUT = 120
 
@@ -55,7 +54,7 @@ class Variant:
 
 FAST_QUEUE = {"dequeue_use_threads": True, "dequeue_num_workers": 4, "dequeue_interval_seconds": 1}
 VARIANTS = {
-    "repo": Variant("dagster.yaml as in the repo: max_concurrent_runs 8, dequeue every 5 s, launches one at a time"),
+    "repo": Variant("dagster.yaml as in the repo (see its run_queue above)"),
     "fast_queue": Variant("repo + dequeue_use_threads, dequeue_num_workers 4, dequeue_interval_seconds 1", FAST_QUEUE),
     "fast_queue_4": Variant("fast_queue + max_concurrent_runs 4", {**FAST_QUEUE, "max_concurrent_runs": 4}),
     "fast_queue_2": Variant("fast_queue + max_concurrent_runs 2", {**FAST_QUEUE, "max_concurrent_runs": 2}),
@@ -65,8 +64,6 @@ VARIANTS = {
         {**FAST_QUEUE, "max_concurrent_runs": 4},
         instance={"backfills": {"use_threads": True, "num_workers": 4, "num_submit_workers": 4}},
     ),
-    "repo_multiprocess": Variant("repo with the multiprocess executor (a process per step), via the backfill's "
-                                 "run config; only valid while the job's executor accepts it", run_config=MULTIPROCESS),
 }
 DEFAULT_VARIANTS = ("repo", "fast_queue", "fast_queue_4")
 
@@ -74,7 +71,8 @@ DEFAULT_VARIANTS = ("repo", "fast_queue", "fast_queue_4")
 def measure_fleet(base_url: str, work: Path, names: list[str], n: int, variants: list[str], timeout: float, log) -> dict:
     keys = [str(partition_key(m, d)) for d in ("agenda", "minutes") for m in names][:n]
     pure = measure_pure_sync(base_url, work / "pure", keys, log)
-    results = {"partitions": len(keys), "pure": pure, "variants": {}, "timeout": timeout}
+    repo_queue = {k: v for k, v in Variant("").dagster_yaml()["run_queue"].items() if k != "tag_concurrency_limits"}
+    results = {"partitions": len(keys), "pure": pure, "variants": {}, "timeout": timeout, "repo_run_queue": repo_queue}
     for i, name in enumerate(variants):
         log(f"fleet variant {name}: {len(keys)} partitions")
         # The first variant is launched like a user would, into a running daemon (so it waits for the backfill
@@ -169,7 +167,7 @@ def run_variant(variant: Variant, base_url: str, home: Path, names: list[str], k
         except TimeoutError:
             records, timed_out = instance.get_run_records(runs), True
         result = summarize(records, launched, len(keys))
-        return result | launch_phases(instance, records) | {"timed_out": timed_out, "pickup_measured": into_running_daemon,
+        return result | launch_phases(instance, records) | {"timed_out": timed_out,
                                                              "failures": failure_messages(instance, records)}
     finally:
         stack.stop()

@@ -206,6 +206,8 @@ def fleet_table(f: dict) -> str:
         "mutation `launchPartitionBackfill` and the runs are polled until all have finished, or until "
         f"{f['timeout']:.0f} s after the first run was created: then the wall time for all {n} is extrapolated from "
         "the runs that finished (marked *).\n",
+        f"The repo's dagster.yaml `run_queue` (besides the municipality limit): `{f.get('repo_run_queue', {})}`; Dagster's "
+        "defaults otherwise (dequeue every 5 s, one launch at a time).\n",
         f"Pure work per partition (sync + exact count check in one process, no Dagster): "
         f"{pure['per_partition_seconds'] * 1000:.0f} ms (mean of {pure['sample']}); opening a store in a new "
         f"process (engine + migration check): {pure['store_open_seconds'] * 1000:.0f} ms.\n",

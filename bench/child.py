@@ -11,6 +11,7 @@ imports, store creation (migrations) and, for `naive`, fetching its input rows a
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from common import cpu_seconds, peak_rss_mb
 
 from civicband_pipelines.client import CivicBandClient
 from civicband_pipelines.config import ClientSettings
-from civicband_pipelines.rows import Rejection, parse_row
+from civicband_pipelines.rows import PageRecord, parse_rows
 
 DOCUMENT_TYPE = "agenda"
 BATCH = 1000
@@ -64,7 +65,7 @@ def measure_fetch(args) -> dict:
         for page in pages:
             rows += len(page.rows)
             if args.parse:
-                rejected += sum(isinstance(parse_row(r), Rejection) for r in page.rows)
+                rejected += len(parse_rows(page.rows)[1])
     return {"rows": rows, "rejected": rejected, **timed.result()}
 
 
@@ -108,12 +109,13 @@ def measure_naive(args) -> dict:
 
 
 def first_records(client: CivicBandClient, municipality: str, n: int) -> list[dict]:
-    records = []
+    """The first n pages as the column values an ORM would be given (the date as a date)."""
+    records: list[PageRecord] = []
     for page in client.iter_pages(municipality, DOCUMENT_TYPE, BATCH):
-        records += [r for r in map(parse_row, page.rows) if not isinstance(r, Rejection)]
+        records += parse_rows(page.rows)[0]
         if len(records) >= n:
             break
-    return records[:n]
+    return [r._asdict() | {"meeting_date": dt.date.fromisoformat(r.meeting_date)} for r in records[:n]]
 
 
 def naive_upsert(engine, municipality: str, records: list[dict]) -> int:

@@ -45,27 +45,28 @@ class Variant:
     run_queue: dict = field(default_factory=dict)  # merged into dagster.yaml's run_queue
     instance: dict = field(default_factory=dict)  # other top-level dagster.yaml keys
     run_config: dict | None = None  # the backfill's run config (the UI's launchpad)
+    dagster_defaults: tuple = ()  # run_queue keys removed, i.e. left at Dagster's default
 
     def dagster_yaml(self) -> dict:
         config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-        config["run_queue"] = {**config["run_queue"], **self.run_queue}
+        queue = {k: v for k, v in config["run_queue"].items() if k not in self.dagster_defaults}
+        config["run_queue"] = {**queue, **self.run_queue}
         return {**config, **copy.deepcopy(self.instance)}
 
 
-FAST_QUEUE = {"dequeue_use_threads": True, "dequeue_num_workers": 4, "dequeue_interval_seconds": 1}
+DEQUEUE_SETTINGS = ("dequeue_use_threads", "dequeue_num_workers", "dequeue_interval_seconds")
 VARIANTS = {
+    "dagster_defaults": Variant("repo without its dequeue settings: Dagster's defaults (one launch at a time, every 5 s)",
+                                dagster_defaults=DEQUEUE_SETTINGS),
     "repo": Variant("dagster.yaml as in the repo (see its run_queue above)"),
-    "fast_queue": Variant("repo + dequeue_use_threads, dequeue_num_workers 4, dequeue_interval_seconds 1", FAST_QUEUE),
-    "fast_queue_4": Variant("fast_queue + max_concurrent_runs 4", {**FAST_QUEUE, "max_concurrent_runs": 4}),
-    "fast_queue_2": Variant("fast_queue + max_concurrent_runs 2", {**FAST_QUEUE, "max_concurrent_runs": 2}),
-    "fast_queue_16": Variant("fast_queue + max_concurrent_runs 16", {**FAST_QUEUE, "max_concurrent_runs": 16}),
-    "fast_queue_4_backfill_threads": Variant(
-        "fast_queue_4 + backfills use_threads, num_workers 4, num_submit_workers 4",
-        {**FAST_QUEUE, "max_concurrent_runs": 4},
+    "repo_4": Variant("repo + max_concurrent_runs 4", {"max_concurrent_runs": 4}),
+    "repo_16": Variant("repo + max_concurrent_runs 16", {"max_concurrent_runs": 16}),
+    "repo_backfill_threads": Variant(
+        "repo + backfills use_threads, num_workers 4, num_submit_workers 4",
         instance={"backfills": {"use_threads": True, "num_workers": 4, "num_submit_workers": 4}},
     ),
 }
-DEFAULT_VARIANTS = ("repo", "fast_queue", "fast_queue_4")
+DEFAULT_VARIANTS = ("dagster_defaults", "repo", "repo_4")
 
 
 def measure_fleet(base_url: str, work: Path, names: list[str], n: int, variants: list[str], timeout: float, log) -> dict:

@@ -20,7 +20,7 @@ STORES = ("sqlite", "postgresql")
 FETCH_VARIANTS = {  # label -> child.py flags
     "sequential": [],
     "prefetch": ["--prefetch"],
-    "prefetch + parse_row": ["--prefetch", "--parse"],
+    "prefetch + parse_rows": ["--prefetch", "--parse"],
 }
 CHILD_TIMEOUT = 300  # fetch and naive children; syncs get --sync-timeout
 

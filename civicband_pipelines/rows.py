@@ -4,9 +4,24 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_ID_LENGTH = 255
+MAX_PAGE = 2**31 - 1  # the store's page_number is a 32-bit integer
+
+
+class PageRecord(NamedTuple):
+    """A page as stored (store column names, in the staging table's column order)."""
+
+    upstream_id: str
+    meeting_name: str
+    meeting_date: str  # YYYY-MM-DD, validated
+    page_number: int
+    text: str | None
+    page_image: str | None
+    entities_json: str | None
+    votes_json: str | None
 
 
 @dataclass(frozen=True)
@@ -16,25 +31,30 @@ class Rejection:
     raw: str  # the row as JSON, so nothing is lost
 
 
-def parse_row(row: object) -> dict | Rejection:
-    """A page record (store column names) or a Rejection. Never raises on odd input."""
+def parse_rows(rows: list) -> tuple[list[PageRecord], list[Rejection]]:
+    """Split a page of upstream rows into records and rejections."""
+    records, rejections = [], []
+    for row in rows:
+        parsed = parse_row(row)
+        (rejections if isinstance(parsed, Rejection) else records).append(parsed)
+    return records, rejections
+
+
+def parse_row(row: object) -> PageRecord | Rejection:
+    """A page record or a Rejection. Never raises on odd input."""
     if not isinstance(row, dict):
         return Rejection("", f"row is not an object: {type(row).__name__}", _raw(row))
     reason = _invalid_reason(row)
     if reason:
         return Rejection(_id_text(row.get("id")), reason, _raw(row))
-    return {
-        "upstream_id": row["id"],
-        "meeting_name": row["meeting"],
-        "meeting_date": dt.date.fromisoformat(row["date"]),
-        "page_number": row["page"],
-        # PostgreSQL cannot store U+0000 in text; it carries no meaning in OCR output, so it is
-        # dropped everywhere (SQLite too) to keep both stores identical.
-        "text": row.get("text").replace("\x00", "") if isinstance(row.get("text"), str) else None,
-        "page_image": row.get("page_image"),
-        "entities_json": _json_text(row.get("entities_json")),
-        "votes_json": _json_text(row.get("votes_json")),
-    }
+    get = row.get
+    return PageRecord(
+        row["id"], row["meeting"], row["date"], row["page"],
+        # PostgreSQL cannot store U+0000 in text; it carries no meaning in OCR output or image
+        # paths, so it is dropped everywhere (SQLite too) to keep both stores identical.
+        _without_nul(get("text")), _without_nul(get("page_image")),
+        _without_nul(_json_text(get("entities_json"))), _without_nul(_json_text(get("votes_json"))),
+    )
 
 
 def _invalid_reason(row: dict) -> str | None:
@@ -45,9 +65,11 @@ def _invalid_reason(row: dict) -> str | None:
         return f"id is longer than {MAX_ID_LENGTH} characters"
     if not isinstance(meeting, str) or not meeting.strip():
         return f"meeting is missing or empty: {meeting!r}"
+    if "\x00" in upstream_id or "\x00" in meeting:  # part of the page's identity: not ours to edit
+        return "id or meeting contains a NUL character"
     if not isinstance(date, str) or not _DATE.match(date) or not _is_date(date):
         return f"date is not a YYYY-MM-DD date: {date!r}"
-    if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+    if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= MAX_PAGE:
         return f"page is not a positive integer: {page!r}"
     for column in ("text", "page_image"):
         if row.get(column) is not None and not isinstance(row.get(column), str):
@@ -61,6 +83,10 @@ def _is_date(value: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _without_nul(value: str | None) -> str | None:
+    return value.replace("\x00", "") if value is not None and "\x00" in value else value
 
 
 def _json_text(value: object) -> str | None:

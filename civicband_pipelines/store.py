@@ -4,8 +4,10 @@ Every batch is written in one transaction together with the cursor that follows 
 cursor is never ahead of durable rows.
 """
 
+import dataclasses
 import datetime as dt
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +15,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .rows import Rejection
 from .migrations import upgrade
+from .rows import PageRecord, Rejection
+from .staging import merge_staged, stage
 from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events
-
-PAGE_KEY = ("meeting_name", "meeting_date", "page_number")
-# Columns whose change makes an existing page "updated" (upstream_id covers the text).
-_COMPARED = ("upstream_id", "page_image", "entities_json", "votes_json")
-
 
 @dataclass(frozen=True)
 class SyncStart:
@@ -47,12 +45,17 @@ class BatchCounts:
     deleted: int = 0  # stale pages removed when the batch completed the sync
 
 
+MIN_SQLITE = (3, 35)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
 def create_store_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
+        if sqlite3.sqlite_version_info < MIN_SQLITE:  # the batch merge uses UPSERT ... RETURNING
+            raise RuntimeError(f"the SQLite store needs SQLite {'.'.join(map(str, MIN_SQLITE))}+; this Python has {sqlite3.sqlite_version}")
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -70,8 +73,10 @@ def _sqlite_begin(conn: sa.Connection) -> None:
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA page_size=16384")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers (UI, checks) never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA wal_autocheckpoint=4000")
     cursor.close()
 
 
@@ -169,7 +174,7 @@ class MeetingStore:
         municipality: str,
         document_type: str,
         sync: SyncStart,
-        records: list[dict],
+        records: list[PageRecord],
         rejections: list[Rejection],
         next_cursor: str | None,
     ) -> BatchCounts:
@@ -179,25 +184,17 @@ class MeetingStore:
         transaction, removing the pages this sync never saw upstream.
         """
         records = _dedupe_by_key(records)
+        partition = {"municipality": municipality, "document_type": document_type, "sync_generation": sync.generation}
         with self.writer.begin() as conn:
-            existing = self._existing_pages(conn, municipality, document_type, records)
-            changed, unchanged_ids = _classify(records, existing)
-            generation = sync.generation
-            partition = {"municipality": municipality, "document_type": document_type, "sync_generation": generation}
-            if changed:
-                conn.execute(self._upsert_pages(), [partition | r | {"updated_at": utcnow()} for r in changed])
-            if unchanged_ids:
-                conn.execute(
-                    _partition_update(meeting_pages, municipality, document_type)
-                    .where(meeting_pages.c.upstream_id.in_(unchanged_ids))
-                    .values(sync_generation=generation)
-                )
+            created = updated = unchanged = 0
+            if records:
+                stage(conn, records)
+                created, updated, unchanged = merge_staged(conn, municipality, document_type, sync.generation, utcnow())
             if rejections:
                 conn.execute(self._upsert_rejections(), [_rejection_values(partition, r) for r in _dedupe_rejections(rejections)])
-            created = sum(1 for r in changed if _key(r) not in existing)
-            counts = BatchCounts(created, len(changed) - created, len(unchanged_ids), len(rejections))
+            counts = BatchCounts(created, updated, unchanged, len(rejections))
             if next_cursor is None:
-                counts = BatchCounts(**{**counts.__dict__, "deleted": self._finish(conn, municipality, document_type, sync)})
+                counts = dataclasses.replace(counts, deleted=self._finish(conn, municipality, document_type, sync))
             conn.execute(
                 _job_update(municipality, document_type).values(
                     last_cursor=next_cursor,
@@ -350,26 +347,6 @@ class MeetingStore:
         )
         return conn.execute(query).scalar_one()
 
-    def _existing_pages(self, conn: sa.Connection, municipality: str, document_type: str, records: list[dict]) -> dict:
-        """(meeting, date, page) -> compared columns of the batch's pages that exist already: one query."""
-        if not records:
-            return {}
-        key_columns = [meeting_pages.c[name] for name in PAGE_KEY]
-        query = sa.select(*key_columns, *(meeting_pages.c[name] for name in _COMPARED)).where(
-            *_in_partition(meeting_pages, municipality, document_type)
-        )
-        # Join against the batch's keys as a VALUES list: each key is then one unique-index probe.
-        # (A row-value IN list makes SQLite scan the whole partition per batch, and PostgreSQL plan
-        # 1000 OR'd probes.)
-        batch = sa.values(*(sa.column(c.name, c.type) for c in key_columns), name="batch").data([_key(r) for r in records]).cte("batch")
-        query = query.join(batch, sa.and_(*(c == batch.c[c.name] for c in key_columns)))
-        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
-
-    def _upsert_pages(self):
-        insert = self._insert(meeting_pages)
-        updated = {name: insert.excluded[name] for name in ("upstream_id", "text", "page_image", "entities_json", "votes_json", "sync_generation", "updated_at")}
-        return insert.on_conflict_do_update(index_elements=["municipality", "document_type", *PAGE_KEY], set_=updated)
-
     def _upsert_rejections(self):
         insert = self._insert(rejected_rows)
         updated = {name: insert.excluded[name] for name in ("reason", "raw", "sync_generation", "rejected_at")}
@@ -405,27 +382,13 @@ def _fresh_sync_values(start: SyncStart) -> dict:
     } | dict.fromkeys(counters, 0)
 
 
-def _key(record: dict) -> tuple:
-    return tuple(record[name] for name in PAGE_KEY)
-
-
-def _dedupe_by_key(records: list[dict]) -> list[dict]:
+def _dedupe_by_key(records: list[PageRecord]) -> list[PageRecord]:
     # One statement may not touch a row twice (PostgreSQL ON CONFLICT): the later row wins.
-    return list({_key(r): r for r in records}.values())
+    return list({(r.meeting_name, r.meeting_date, r.page_number): r for r in records}.values())
 
 
 def _dedupe_rejections(rejections: list[Rejection]) -> list[Rejection]:
     return list({r.upstream_id: r for r in rejections}.values())
-
-
-def _classify(records: list[dict], existing: dict) -> tuple[list[dict], list[str]]:
-    changed, unchanged_ids = [], []
-    for record in records:
-        if existing.get(_key(record)) == tuple(record[name] for name in _COMPARED):
-            unchanged_ids.append(record["upstream_id"])
-        else:
-            changed.append(record)
-    return changed, unchanged_ids
 
 
 def _rejection_values(partition: dict, rejection: Rejection) -> dict:

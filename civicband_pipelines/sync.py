@@ -1,6 +1,7 @@
 """The sync engine: page through one partition upstream and land it in the store. No Dagster here."""
 
 import datetime as dt
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from .client import CivicBandClient, Page
 from .leases import MunicipalityLease, SyncOwner
 from .naming import validate_document_type, validate_subdomain
-from .rows import Rejection, parse_row
+from .rows import PageRecord, Rejection, parse_rows
 from .store import BatchCounts, MeetingStore
 
 DEFAULT_BATCH_SIZE = 1000
@@ -114,8 +115,7 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
     municipality, document_type = result.municipality, result.document_type
     try:
         pages = _prefetched_pages(client, municipality, document_type, batch_size, start.cursor, start.filters)
-        for page in pages:
-            records, rejections = _parse(page)
+        for page, records, rejections in pages:
             counts = store.write_batch(municipality, document_type, start, records, rejections, page.next_cursor)
             result.add(len(page.rows), counts)
             log.info(
@@ -144,24 +144,23 @@ def _window(days: int) -> tuple[dt.date, dt.date]:
     return today - dt.timedelta(days=days), today + dt.timedelta(days=days)
 
 
-def _parse(page: Page) -> tuple[list[dict], list[Rejection]]:
-    records, rejections = [], []
-    for row in page.rows:
-        parsed = parse_row(row)
-        (rejections if isinstance(parsed, Rejection) else records).append(parsed)
-    return records, rejections
+def _fetch_parsed(client: CivicBandClient, *args, **kwargs) -> tuple[Page, list[PageRecord], list[Rejection]]:
+    page = client.fetch_page(*args, **kwargs)
+    return page, *parse_rows(page.rows)
 
 
 def _prefetched_pages(client: CivicBandClient, municipality: str, document_type: str, size: int, cursor: str | None, filters: dict):
-    """Yield pages in order while the next one is already being fetched (I/O overlaps the writes)."""
+    """Yield (page, records, rejections) in order while the next page is already being fetched and
+    parsed (the I/O and parsing overlap the writes, which release the GIL in the database driver)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="civicband-prefetch")
+    fetch = functools.partial(_fetch_parsed, client, municipality, document_type, size, filters=filters)
     try:
-        pending = pool.submit(client.fetch_page, municipality, document_type, size, cursor, filters=filters)
+        pending = pool.submit(fetch, cursor)
         while True:
-            page = pending.result()
+            page, records, rejections = pending.result()
             if page.next_cursor is not None:
-                pending = pool.submit(client.fetch_page, municipality, document_type, size, page.next_cursor, filters=filters)
-            yield page
+                pending = pool.submit(fetch, page.next_cursor)
+            yield page, records, rejections
             if page.next_cursor is None:
                 return
     finally:

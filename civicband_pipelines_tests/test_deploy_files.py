@@ -67,7 +67,9 @@ def test_run_queue_and_retries_match_the_local_instance(values, local_instance):
     queue = coordinator["config"]["queuedRunCoordinator"]
     assert MUNICIPALITY_LIMIT in queue["tagConcurrencyLimits"]
     assert queue["tagConcurrencyLimits"] == local_instance["run_queue"]["tag_concurrency_limits"]
-    assert queue["maxConcurrentRuns"] == local_instance["run_queue"]["max_concurrent_runs"]
+    for key in ("max_concurrent_runs", "dequeue_use_threads", "dequeue_num_workers", "dequeue_interval_seconds"):
+        helm_key = "".join(word.capitalize() if i else word for i, word in enumerate(key.split("_")))
+        assert queue[helm_key] == local_instance["run_queue"][key], key
     retries = local_instance["run_retries"]
     assert daemon["runRetries"] == {
         "enabled": True, "maxRetries": retries["max_retries"], "retryOnAssetOrOpFailure": retries["retry_on_asset_or_op_failure"],

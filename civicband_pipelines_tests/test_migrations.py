@@ -147,3 +147,18 @@ def test_in_memory_sqlite_engine():
     upgrade(engine)
     assert current_revision(engine) == head_revision()
     assert schema_differences(engine) == []
+
+
+def test_postgresql_page_text_is_compressed_with_lz4(postgres_server_url):
+    db_url = pg_server.create_database(postgres_server_url, f"t_{uuid.uuid4().hex[:12]}")
+    upgrade(db_url)
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        lz4 = conn.exec_driver_sql("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'").scalar()
+        method = conn.exec_driver_sql(
+            "SELECT attcompression FROM pg_attribute WHERE attrelid = 'meeting_pages'::regclass AND attname = 'text'"
+        ).scalar()
+    engine.dispose()
+    pg_server.drop_database(db_url)
+    assert lz4, "the test server (PostgreSQL 15 from Debian) is built with lz4"
+    assert method == "l"

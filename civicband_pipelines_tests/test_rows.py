@@ -1,21 +1,18 @@
 """Row validation: every odd upstream row gets a reason; good rows become page records."""
 
-import datetime as dt
-
 import pytest
 
-from civicband_pipelines.rows import Rejection, parse_row
+from civicband_pipelines.rows import PageRecord, Rejection, parse_row, parse_rows
 
 GOOD = {"id": "0f3a9c2e11b7", "meeting": "CityCouncil", "date": "2024-01-15", "page": 3, "text": "Roll call",
         "page_image": "/_agendas/CityCouncil/2024-01-15/3.png", "entities_json": None, "votes_json": "[]"}
 
 
 def test_a_good_row_becomes_a_page_record():
-    assert parse_row(GOOD) == {
-        "upstream_id": "0f3a9c2e11b7", "meeting_name": "CityCouncil", "meeting_date": dt.date(2024, 1, 15),
-        "page_number": 3, "text": "Roll call", "page_image": "/_agendas/CityCouncil/2024-01-15/3.png",
-        "entities_json": None, "votes_json": "[]",
-    }
+    assert parse_row(GOOD) == PageRecord(
+        upstream_id="0f3a9c2e11b7", meeting_name="CityCouncil", meeting_date="2024-01-15", page_number=3,
+        text="Roll call", page_image="/_agendas/CityCouncil/2024-01-15/3.png", entities_json=None, votes_json="[]",
+    )
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -28,6 +25,9 @@ def test_a_good_row_becomes_a_page_record():
     ({"page": 0}, "page is not a positive integer: 0"),
     ({"page": True}, "page is not a positive integer"),
     ({"page": 2.5}, "page is not a positive integer"),
+    ({"page": 2**31}, "page is not a positive integer"),
+    ({"meeting": "City\x00Council"}, "id or meeting contains a NUL"),
+    ({"id": "0f3a\x00"}, "id or meeting contains a NUL"),
     ({"id": None}, "id is missing"),
     ({"id": "x" * 300}, "id is longer than 255"),
     ({"text": 42}, "text is not text"),
@@ -40,14 +40,22 @@ def test_odd_rows_are_rejected_with_a_reason_and_the_raw_row(change, reason):
 
 
 def test_nul_characters_are_removed_and_empty_or_null_text_is_kept():
-    assert parse_row(GOOD | {"text": "a\x00b"})["text"] == "ab"
-    assert parse_row(GOOD | {"text": ""})["text"] == ""
-    assert parse_row(GOOD | {"text": None})["text"] is None
+    assert parse_row(GOOD | {"text": "a\x00b"}).text == "ab"
+    assert parse_row(GOOD | {"page_image": "/a\x00.png", "votes_json": {"v": "\x00"}}).page_image == "/a.png"
+    assert "\x00" not in parse_row(GOOD | {"votes_json": "[\"\x00\"]"}).votes_json
+    assert parse_row(GOOD | {"text": ""}).text == ""
+    assert parse_row(GOOD | {"text": None}).text is None
 
 
 def test_json_columns_given_as_objects_are_stored_as_json_text():
-    assert parse_row(GOOD | {"entities_json": {"people": ["A"]}})["entities_json"] == '{"people": ["A"]}'
+    assert parse_row(GOOD | {"entities_json": {"people": ["A"]}}).entities_json == '{"people": ["A"]}'
 
 
 def test_a_row_that_is_not_an_object_is_rejected():
     assert isinstance(parse_row(["not", "a", "row"]), Rejection)
+
+
+def test_a_page_of_rows_splits_into_records_and_rejections_in_order():
+    records, rejections = parse_rows([GOOD, GOOD | {"page": 0}, "junk", GOOD | {"page": 4}])
+    assert [r.page_number for r in records] == [3, 4]
+    assert [r.reason.split(":")[0] for r in rejections] == ["page is not a positive integer", "row is not an object"]

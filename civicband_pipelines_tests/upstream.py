@@ -4,7 +4,7 @@ import sqlite3
 from pathlib import Path
 
 from civicband_pipelines.naming import TABLES
-from civicband_pipelines.rows import Rejection, parse_row
+from civicband_pipelines.rows import PageRecord, Rejection, parse_row
 
 COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
 
@@ -34,11 +34,11 @@ def local_pages(store, subdomain: str, document_type: str) -> list[tuple]:
     return [_record_tuple(p) for p in store.iter_pages(subdomain, document_type)]
 
 
-def _record_tuple(record: dict) -> tuple:
-    return (
-        record["upstream_id"], record["meeting_name"], str(record["meeting_date"]), record["page_number"],
-        record["text"], record["page_image"], record["entities_json"], record["votes_json"],
-    )
+def _record_tuple(record) -> tuple:
+    """A parsed upstream record (PageRecord) or a local page (dict) as comparable values."""
+    if isinstance(record, dict):
+        record = PageRecord(*(record[name] for name in PageRecord._fields))
+    return record._replace(meeting_date=str(record.meeting_date))
 
 
 def assert_equals_upstream(store, root: Path, subdomain: str, document_type: str) -> None:

@@ -1,8 +1,9 @@
 """Fleet orchestration: a UI-style backfill of N small partitions through a real Dagster daemon.
 
 Per variant: a fresh DAGSTER_HOME with the repo's dagster.yaml (plus the variant's overrides), a
-fresh meetings store, `dagster-daemon run` and `dagster-webserver` subprocesses on the repo's
-workspace.yaml, the municipalities registered as dynamic partitions, then the backfill launched
+fresh meetings store, `dagster-daemon run` and `dagster-webserver` subprocesses on a workspace.yaml
+loading the variant's code location (the repo's by default), the municipalities registered as dynamic
+partitions, then the backfill launched
 with the UI's GraphQL mutation (`launchPartitionBackfill`, a job backfill of meeting_pages_job) and
 the runs polled until all are finished.
 """
@@ -46,6 +47,7 @@ class Variant:
     instance: dict = field(default_factory=dict)  # other top-level dagster.yaml keys
     run_config: dict | None = None  # the backfill's run config (the UI's launchpad)
     dagster_defaults: tuple = ()  # run_queue keys removed, i.e. left at Dagster's default
+    code_location: str = "civicband_pipelines.definitions"  # module, from the repo or bench/
 
     def dagster_yaml(self) -> dict:
         config = yaml.safe_load((REPO / "dagster.yaml").read_text())
@@ -56,8 +58,12 @@ class Variant:
 
 DEQUEUE_SETTINGS = ("dequeue_use_threads", "dequeue_num_workers", "dequeue_interval_seconds")
 VARIANTS = {
-    "dagster_defaults": Variant("repo without its dequeue settings: Dagster's defaults (one launch at a time, every 5 s)",
-                                dagster_defaults=DEQUEUE_SETTINGS),
+    "dagster_defaults": Variant(
+        "Dagster's defaults: multiprocess executor (a process per step), one launch at a time every 5 s",
+        dagster_defaults=DEQUEUE_SETTINGS, code_location="fleet_dagster_defaults",
+    ),
+    "default_queue": Variant("repo without its dequeue settings (one launch at a time, every 5 s)",
+                             dagster_defaults=DEQUEUE_SETTINGS),
     "repo": Variant("dagster.yaml as in the repo (see its run_queue above)"),
     "repo_4": Variant("repo + max_concurrent_runs 4", {"max_concurrent_runs": 4}),
     "repo_16": Variant("repo + max_concurrent_runs 16", {"max_concurrent_runs": 16}),
@@ -66,7 +72,7 @@ VARIANTS = {
         instance={"backfills": {"use_threads": True, "num_workers": 4, "num_submit_workers": 4}},
     ),
 }
-DEFAULT_VARIANTS = ("dagster_defaults", "repo", "repo_4")
+DEFAULT_VARIANTS = ("dagster_defaults", "default_queue", "repo")
 
 
 def measure_fleet(base_url: str, work: Path, names: list[str], n: int, variants: list[str], timeout: float, log) -> dict:
@@ -118,11 +124,14 @@ def measure_pure_sync(base_url: str, work: Path, keys: list[str], log, sample: i
 
 
 class DagsterStack:
-    """`dagster-daemon run` and `dagster-webserver` on the repo's workspace.yaml, for one DAGSTER_HOME."""
+    """`dagster-daemon run` and `dagster-webserver` on one code location, for one DAGSTER_HOME."""
 
-    def __init__(self, home: Path, env: dict):
+    def __init__(self, home: Path, env: dict, code_location: str):
         self.home, self.env = home, env
-        self.workspace = ["-w", str(REPO / "workspace.yaml")]
+        directory = REPO / ("bench" if code_location.startswith("fleet_") else ".")
+        workspace = {"load_from": [{"python_module": {"module_name": code_location, "working_directory": str(directory)}}]}
+        (home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+        self.workspace = ["-w", str(home / "workspace.yaml")]
         self.port = free_port()
         self.graphql = f"http://127.0.0.1:{self.port}/graphql"
         self.daemon = self.web = None
@@ -151,7 +160,7 @@ def run_variant(variant: Variant, base_url: str, home: Path, names: list[str], k
            "CIVICBAND_HTTP_RETRIES": "1"}
     instance = dg.DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions(MUNICIPALITY, names)
-    stack = DagsterStack(home, env)
+    stack = DagsterStack(home, env, variant.code_location)
     try:
         location, repository = stack.start_webserver()
         if into_running_daemon:

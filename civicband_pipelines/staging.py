@@ -6,8 +6,6 @@ left unchanged: no SQL statement per row, and every page is one probe of the uni
 the database's statistics say (a join planned from stale statistics scans the whole partition).
 """
 
-import io
-
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -33,7 +31,7 @@ def stage(conn: sa.Connection, records: list[PageRecord]) -> None:
     if conn.dialect.name == "postgresql":
         _create_postgresql_staging(conn)
         with conn.connection.dbapi_connection.cursor() as cursor:  # psycopg2, same transaction
-            cursor.copy_expert(f"COPY staged_pages ({_STAGED_COLUMNS}) FROM STDIN", io.StringIO(_copy_text(records)))
+            cursor.copy_expert(f"COPY staged_pages ({_STAGED_COLUMNS}) FROM STDIN", _CopySource(records))
     else:
         conn.execute(sa.schema.CreateTable(staged_pages, if_not_exists=True))
         conn.exec_driver_sql("DELETE FROM temp.staged_pages")
@@ -87,9 +85,14 @@ def _upsert(dialect) -> sa.Insert:
 _UPSERT = {"postgresql": _upsert(postgresql), "sqlite": _upsert(sqlite)}
 
 
-def _copy_text(records: list[PageRecord]) -> str:
-    """COPY's text format: tab-separated, \\N for NULL, backslash escapes."""
-    return "".join("\t".join(map(_copy_field, record)) + "\n" for record in records)
+class _CopySource:
+    """The batch in COPY's text format, a row per read(): no batch-sized buffer."""
+
+    def __init__(self, records: list[PageRecord]):
+        self._rows = ("\t".join(map(_copy_field, record)) + "\n" for record in records)
+
+    def read(self, _size: int = -1) -> str:
+        return next(self._rows, "")
 
 
 def _copy_field(value) -> str:

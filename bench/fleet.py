@@ -47,7 +47,7 @@ class Variant:
     instance: dict = field(default_factory=dict)  # other top-level dagster.yaml keys
     run_config: dict | None = None  # the backfill's run config (the UI's launchpad)
     dagster_defaults: tuple = ()  # run_queue keys removed, i.e. left at Dagster's default
-    code_location: str = "civicband_pipelines.definitions"  # module, from the repo or bench/
+    code_location: tuple[str, Path] = ("civicband_pipelines.definitions", REPO)  # (module, working directory)
 
     def dagster_yaml(self) -> dict:
         config = yaml.safe_load((REPO / "dagster.yaml").read_text())
@@ -60,7 +60,7 @@ DEQUEUE_SETTINGS = ("dequeue_use_threads", "dequeue_num_workers", "dequeue_inter
 VARIANTS = {
     "dagster_defaults": Variant(
         "Dagster's defaults: multiprocess executor (a process per step), one launch at a time every 5 s",
-        dagster_defaults=DEQUEUE_SETTINGS, code_location="fleet_dagster_defaults",
+        dagster_defaults=DEQUEUE_SETTINGS, code_location=("fleet_dagster_defaults", REPO / "bench"),
     ),
     "default_queue": Variant("repo without its dequeue settings (one launch at a time, every 5 s)",
                              dagster_defaults=DEQUEUE_SETTINGS),
@@ -126,10 +126,10 @@ def measure_pure_sync(base_url: str, work: Path, keys: list[str], log, sample: i
 class DagsterStack:
     """`dagster-daemon run` and `dagster-webserver` on one code location, for one DAGSTER_HOME."""
 
-    def __init__(self, home: Path, env: dict, code_location: str):
+    def __init__(self, home: Path, env: dict, code_location: tuple[str, Path]):
         self.home, self.env = home, env
-        directory = REPO / ("bench" if code_location.startswith("fleet_") else ".")
-        workspace = {"load_from": [{"python_module": {"module_name": code_location, "working_directory": str(directory)}}]}
+        module, directory = code_location
+        workspace = {"load_from": [{"python_module": {"module_name": module, "working_directory": str(directory)}}]}
         (home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
         self.workspace = ["-w", str(home / "workspace.yaml")]
         self.port = free_port()

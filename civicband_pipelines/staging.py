@@ -24,6 +24,7 @@ staged_pages = sa.Table(
     postgresql_on_commit="DELETE ROWS",  # SQLite has no ON COMMIT: `stage` empties it there
 )
 _STAGED_COLUMNS = ", ".join(PageRecord._fields)
+_SQLITE_STAGE = f"INSERT INTO temp.staged_pages ({_STAGED_COLUMNS}) VALUES ({', '.join('?' * len(PageRecord._fields))})"
 
 
 def stage(conn: sa.Connection, records: list[PageRecord]) -> None:
@@ -35,7 +36,7 @@ def stage(conn: sa.Connection, records: list[PageRecord]) -> None:
     else:
         conn.execute(sa.schema.CreateTable(staged_pages, if_not_exists=True))
         conn.exec_driver_sql("DELETE FROM temp.staged_pages")
-        conn.exec_driver_sql(f"INSERT INTO temp.staged_pages ({_STAGED_COLUMNS}) VALUES ({', '.join('?' * len(PageRecord._fields))})", records)
+        conn.exec_driver_sql(_SQLITE_STAGE, records)
 
 
 def _create_postgresql_staging(conn: sa.Connection) -> None:

@@ -20,6 +20,9 @@ from .rows import PageRecord, Rejection
 from .staging import merge_staged, stage
 from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events
 
+MIN_SQLITE = (3, 35)  # the batch merge (staging.py) uses UPSERT ... RETURNING
+
+
 @dataclass(frozen=True)
 class SyncStart:
     generation: int
@@ -45,16 +48,13 @@ class BatchCounts:
     deleted: int = 0  # stale pages removed when the batch completed the sync
 
 
-MIN_SQLITE = (3, 35)
-
-
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
 def create_store_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
-        if sqlite3.sqlite_version_info < MIN_SQLITE:  # the batch merge uses UPSERT ... RETURNING
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise RuntimeError(f"the SQLite store needs SQLite {'.'.join(map(str, MIN_SQLITE))}+; this Python has {sqlite3.sqlite_version}")
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":

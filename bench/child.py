@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import common  # noqa: F401  (puts the repo on sys.path)
 from common import cpu_seconds, peak_rss_mb
@@ -45,21 +44,14 @@ def client_for(base_url: str) -> CivicBandClient:
     return CivicBandClient(ClientSettings(base_url=base_url, retries=0))
 
 
-def prefetched(client: CivicBandClient, municipality: str):
-    """Pages in order while the next one is fetched in a thread: the overlap sync.py uses."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(client.fetch_page, municipality, DOCUMENT_TYPE, BATCH, None)
-        while pending is not None:
-            page = pending.result()
-            pending = None
-            if page.next_cursor is not None:
-                pending = pool.submit(client.fetch_page, municipality, DOCUMENT_TYPE, BATCH, page.next_cursor)
-            yield page
-
-
 def measure_fetch(args) -> dict:
+    from civicband_pipelines.sync import prefetched_pages  # the sync's own fetch pipeline
+
     client = client_for(args.base_url)
-    pages = prefetched(client, args.municipality) if args.prefetch else client.iter_pages(args.municipality, DOCUMENT_TYPE, BATCH)
+    if args.prefetch:
+        pages = prefetched_pages(client, args.municipality, DOCUMENT_TYPE, BATCH)
+    else:
+        pages = client.iter_pages(args.municipality, DOCUMENT_TYPE, BATCH)
     rows = rejected = 0
     with Timed() as timed:
         for page in pages:

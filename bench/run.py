@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"comma-separated, from: {', '.join(fleet.VARIANTS)}")
     parser.add_argument("--fleet-timeout", type=float, default=120,
                         help="seconds a variant's runs may take (from its first run); beyond, the wall time is extrapolated")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of fetch ceiling and syncs per "
+                        "partition; each sync is held to its own round's ceiling and the median is reported")
     parser.add_argument("--sync-timeout", type=float, default=240, help="seconds before a sync child is stopped "
                         "(its rate is then taken from the batches it committed)")
     parser.add_argument("--latency-ms", type=int, default=200, help="also measure the small partition through a "
@@ -84,7 +86,8 @@ def run_all(args, work: Path) -> dict:
         setup_env.warm_up(base_url, [muni.subdomain for muni, _ in measured])
         for muni, naive in measured:
             log(f"partition {muni.subdomain}/agenda: {muni.agenda_pages} pages")
-            results["partitions"].append(throughput.measure_partition(base_url, servers, stores, muni, naive, args.sync_timeout, log))
+            results["partitions"].append(throughput.measure_partition(base_url, servers, stores, muni, naive, args.sync_timeout,
+                                                                      log, repeat=args.repeat))
         if measured and args.latency_ms:
             results["latency"] = measure_with_latency(args, replica_root, measured[0][0], postmaster, stores)
         if fleet_names:

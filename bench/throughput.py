@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -17,26 +19,67 @@ from civicband_pipelines.store import MeetingStore
 from civicband_pipelines.verify import verify_counts
 
 STORES = ("sqlite", "postgresql")
+BUSY_VARIANT = "prefetch, other core busy"  # beside a spinning process (see busy_core)
 FETCH_VARIANTS = {  # label -> child.py flags
     "sequential": [],
     "prefetch": ["--prefetch"],
     "prefetch + parse_rows": ["--prefetch", "--parse"],
+    BUSY_VARIANT: ["--prefetch"],
 }
+CEILING_VARIANTS = ("sequential", "prefetch")  # the ceiling is the faster of these, in each round
+FIRST_ROUND_ONLY = ("prefetch + parse_rows",)  # informative, not needed in every round
 CHILD_TIMEOUT = 300  # fetch and naive children; syncs get --sync-timeout
 
 
 @dataclass
 class PartitionResult:
+    """Interleaved rounds of (fetch variants, syncs): each sync is held to the ceiling of its own round,
+    measured minutes apart at most, since the machine's speed drifts by tens of percent."""
+
     municipality: Municipality
-    fetch: dict[str, dict] = field(default_factory=dict)  # variant -> child result
-    sync: dict[str, dict] = field(default_factory=dict)  # store -> child result
+    rounds: list[dict] = field(default_factory=list)  # {"fetch": {variant: result}, "sync": {store: result}}
     naive: dict[str, dict] = field(default_factory=dict)  # store -> child result
     verify: dict[str, dict] = field(default_factory=dict)  # store -> requests, seconds
 
+    @staticmethod
+    def round_ceiling(measured: dict) -> float:
+        return max(measured["fetch"][v]["rows_per_second"] for v in CEILING_VARIANTS)
+
     @property
     def ceiling(self) -> float:
-        """The fetch ceiling the sync is held to: the faster of the plain fetch variants."""
-        return max(self.fetch[v]["rows_per_second"] for v in ("sequential", "prefetch"))
+        """The median of the rounds' fetch ceilings."""
+        return statistics.median(self.round_ceiling(r) for r in self.rounds)
+
+    def ratios(self, kind: str) -> list[float]:
+        """sync ÷ its round's ceiling, per round."""
+        return [r["sync"][kind]["rows_per_second"] / self.round_ceiling(r) for r in self.rounds if kind in r["sync"]]
+
+    def ratio(self, kind: str) -> float:
+        return statistics.median(self.ratios(kind))
+
+    @property
+    def fetch(self) -> dict[str, dict]:
+        """Per variant, the median run (by rows/s)."""
+        variants = dict.fromkeys(v for r in self.rounds for v in r["fetch"])
+        return {v: _median_run([r["fetch"][v] for r in self.rounds if v in r["fetch"]]) for v in variants}
+
+    @property
+    def sync(self) -> dict[str, dict]:
+        """Per store, the run of the round with the median ratio."""
+        result = {}
+        for kind in dict.fromkeys(k for r in self.rounds for k in r["sync"]):
+            rounds = sorted((r for r in self.rounds if kind in r["sync"]),
+                            key=lambda r: r["sync"][kind]["rows_per_second"] / self.round_ceiling(r))
+            result[kind] = rounds[(len(rounds) - 1) // 2]["sync"][kind]
+        return result
+
+    def peak_rss(self, kind: str) -> float:
+        """The highest peak RSS of the store's syncs over the rounds."""
+        return max(r["sync"][kind]["vmhwm_mb"] for r in self.rounds if kind in r["sync"])
+
+
+def _median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda run: run["rows_per_second"])[(len(runs) - 1) // 2]
 
 
 @dataclass(frozen=True)
@@ -50,12 +93,13 @@ class Servers:
         return {"replica": tree_cpu_seconds(self.replica_pid), "postgres": tree_cpu_seconds(self.postgres_pid)}
 
 
-def run_child(servers: Servers, *args: str, timeout: float = CHILD_TIMEOUT) -> dict:
+def run_child(servers: Servers, *args: str, timeout: float = CHILD_TIMEOUT, busy: bool = False) -> dict:
     """Run child.py; its last line is the result. On timeout, the result is built from its progress lines."""
     cmd = [PYTHON, str(BENCH / "child.py"), *args]
     before, load = servers.cpu(), os.getloadavg()[0]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        with busy_core() if busy else contextlib.nullcontext():
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         stdout, timed_out = done.stdout, False
         if done.returncode != 0:
             raise RuntimeError(f"{args[0]} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -92,28 +136,54 @@ def _text(output) -> str:
     return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
+@contextlib.contextmanager
+def busy_core():
+    """A process spinning on the CPU meanwhile: how fast upstream pages come when the machine's other core
+    works, as it does during a sync (this VM's two cores slow each other down)."""
+    spinner = subprocess.Popen([PYTHON, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Municipality, naive_rows: int | None,
-                      sync_timeout: float, log, fetch_variants=tuple(FETCH_VARIANTS)) -> PartitionResult:
+                      sync_timeout: float, log, fetch_variants=tuple(FETCH_VARIANTS), repeat: int = 1) -> PartitionResult:
     result = PartitionResult(muni)
     common_args = ["--base-url", base_url, "--municipality", muni.subdomain]
-    for label, flags in ((v, FETCH_VARIANTS[v]) for v in fetch_variants):
-        result.fetch[label] = run_child(servers, "fetch", *common_args, *flags)
-        log(f"  fetch {label}: {result.fetch[label]['rows_per_second']:.0f} rows/s")
-    for kind in STORES:
-        url = stores.fresh(kind, "sync")
-        try:
-            result.sync[kind] = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
-            sync = result.sync[kind]
-            log(f"  sync {kind}: {sync['rows_per_second']:.0f} rows/s, peak RSS {sync['vmhwm_mb']:.0f} MB"
-                + (f" (TIMED OUT after {sync['seconds']:.0f} s at {sync['rows']:,} rows)" if sync["timed_out"] else ""))
-            if not sync["timed_out"]:
-                result.verify[kind] = measure_verification(base_url, url, muni)
-        finally:
-            stores.drop(url)
-        if naive_rows:
-            result.naive[kind] = measure_naive(servers, common_args, stores, kind, naive_rows)
-            log(f"  naive {kind}: {result.naive[kind]['rows_per_second']:.0f} rows/s")
+    for number in range(repeat):
+        log(f"  round {number + 1} of {repeat}")
+        measured: dict = {"fetch": {}, "sync": {}}
+        for label in fetch_variants:
+            if number and label in FIRST_ROUND_ONLY:
+                continue
+            fetch = measured["fetch"][label] = run_child(servers, "fetch", *common_args, *FETCH_VARIANTS[label],
+                                                         busy=label == BUSY_VARIANT)
+            log(f"    fetch {label}: {fetch['rows_per_second']:.0f} rows/s")
+        for kind in STORES:
+            measured["sync"][kind] = measure_sync(servers, common_args, stores, kind, sync_timeout, muni, base_url,
+                                                  result.verify if number == 0 else None, log)
+            if naive_rows and number == 0:
+                result.naive[kind] = measure_naive(servers, common_args, stores, kind, naive_rows)
+                log(f"    naive {kind}: {result.naive[kind]['rows_per_second']:.0f} rows/s")
+        result.rounds.append(measured)
     return result
+
+
+def measure_sync(servers: Servers, common_args: list[str], stores: Stores, kind: str, sync_timeout: float,
+                 muni: Municipality, base_url: str, verify: dict | None, log) -> dict:
+    """One sync into a fresh store; with `verify`, the cost of verifying it goes there."""
+    url = stores.fresh(kind, "sync")
+    try:
+        sync = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
+        log(f"    sync {kind}: {sync['rows_per_second']:.0f} rows/s, peak RSS {sync['vmhwm_mb']:.0f} MB"
+            + (f" (TIMED OUT after {sync['seconds']:.0f} s at {sync['rows']:,} rows)" if sync["timed_out"] else ""))
+        if verify is not None and not sync["timed_out"]:
+            verify[kind] = measure_verification(base_url, url, muni)
+        return sync
+    finally:
+        stores.drop(url)
 
 
 def measure_naive(servers: Servers, common_args: list[str], stores: Stores, kind: str, rows: int) -> dict:

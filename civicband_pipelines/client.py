@@ -133,34 +133,43 @@ class CivicBandClient:
         return max(backoff, min(retry_after, MAX_RETRY_AFTER)) if retry_after is not None else backoff
 
     def _get_once(self, subdomain: str, url: str, params: list[tuple[str, str]]) -> dict:
-        response = self._http.get(url, params=params)
+        # Streamed, so the body is ours alone: an httpx Response sits in a reference cycle until the
+        # garbage collector runs, and would keep megabytes of page bodies alive until then.
+        with self._http.stream("GET", url, params=params) as response:
+            _raise_for_status(subdomain, url, response)
+            content = b"".join(response.iter_bytes())
         status = response.status_code
-        if 300 <= status < 400:
-            raise UnknownMunicipality(
-                f"no such municipality on civic.band: {subdomain!r} "
-                f"(HTTP {status} redirect to {response.headers.get('location', '?')})"
-            )
-        if status == 429:
-            raise TransientError("HTTP 429 Too Many Requests", _retry_after(response))
-        if status == 402:
-            raise TransientError("HTTP 402 rate limit exceeded (set CIVICBAND_SERVICE_SECRET to lift it)")
-        if status >= 500:
-            raise TransientError(f"HTTP {status} from {url}")
-        body = _parse_json(response)
+        body = _parse_json(content, status, response.request.url)
         if status >= 400 or body.get("ok") is False:
             raise UpstreamError(f"civic.band refused {response.request.url}: HTTP {status}: {body.get('error', body)}")
         return body
 
 
-def _parse_json(response: httpx.Response) -> dict:
+def _raise_for_status(subdomain: str, url: str, response: httpx.Response) -> None:
+    """Redirects, rate limits and server errors; other 4xx are judged by their body."""
+    status = response.status_code
+    if 300 <= status < 400:
+        raise UnknownMunicipality(
+            f"no such municipality on civic.band: {subdomain!r} "
+            f"(HTTP {status} redirect to {response.headers.get('location', '?')})"
+        )
+    if status == 429:
+        raise TransientError("HTTP 429 Too Many Requests", _retry_after(response))
+    if status == 402:
+        raise TransientError("HTTP 402 rate limit exceeded (set CIVICBAND_SERVICE_SECRET to lift it)")
+    if status >= 500:
+        raise TransientError(f"HTTP {status} from {url}")
+
+
+def _parse_json(content: bytes, status: int, url: httpx.URL) -> dict:
     try:
-        body = json.loads(response.content)
+        body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
-        if 400 <= response.status_code < 500:
-            raise UpstreamError(f"civic.band refused {response.request.url}: HTTP {response.status_code}") from None
-        raise TransientError(f"invalid JSON from {response.request.url} ({len(response.content)} bytes)") from None
+        if 400 <= status < 500:
+            raise UpstreamError(f"civic.band refused {url}: HTTP {status}") from None
+        raise TransientError(f"invalid JSON from {url} ({len(content)} bytes)") from None
     if not isinstance(body, dict):
-        raise TransientError(f"unexpected JSON from {response.request.url}: not an object")
+        raise TransientError(f"unexpected JSON from {url}: not an object")
     return body
 
 

@@ -1,18 +1,20 @@
 """Turn an upstream row into a local page record, or say exactly why it is rejected."""
 
 import datetime as dt
+import functools
 import json
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # unpaired (JSON "\ud800"): no UTF-8 database can store one
 MAX_ID_LENGTH = 255
 MAX_PAGE = 2**31 - 1  # the store's page_number is a 32-bit integer
 
 
 class PageRecord(NamedTuple):
-    """A page as stored (store column names, in the staging table's column order)."""
+    """A page as stored (store column names)."""
 
     upstream_id: str
     meeting_name: str
@@ -35,8 +37,13 @@ def parse_rows(rows: list) -> tuple[list[PageRecord], list[Rejection]]:
     """Split a page of upstream rows into records and rejections."""
     records, rejections = [], []
     for row in rows:
-        parsed = parse_row(row)
-        (rejections if isinstance(parsed, Rejection) else records).append(parsed)
+        record = _plain_record(row)
+        if record is None:
+            record = parse_row(row)
+            if isinstance(record, Rejection):
+                rejections.append(record)
+                continue
+        records.append(record)
     return records, rejections
 
 
@@ -50,11 +57,39 @@ def parse_row(row: object) -> PageRecord | Rejection:
     get = row.get
     return PageRecord(
         row["id"], row["meeting"], row["date"], row["page"],
-        # PostgreSQL cannot store U+0000 in text; it carries no meaning in OCR output or image
-        # paths, so it is dropped everywhere (SQLite too) to keep both stores identical.
-        _without_nul(get("text")), _without_nul(get("page_image")),
-        _without_nul(_json_text(get("entities_json"))), _without_nul(_json_text(get("votes_json"))),
+        _storable(get("text")), _storable(get("page_image")),
+        _storable(_json_text(get("entities_json"))), _storable(_json_text(get("votes_json"))),
     )
+
+
+_make_record = PageRecord._make  # builds the tuple in C, a quarter of the cost of PageRecord(...)
+
+
+def _plain_record(row: object) -> PageRecord | None:
+    """The record of an unremarkable row (nearly all of them), checked cheaply; None for any other row.
+
+    Accepts only rows that parse_row would turn into the very same record.
+    """
+    if type(row) is not dict:
+        return None
+    get = row.get
+    upstream_id, meeting, date, page = get("id"), get("meeting"), get("date"), get("page")
+    text, image, entities, votes = get("text"), get("page_image"), get("entities_json"), get("votes_json")
+    if (
+        type(upstream_id) is str and 0 < len(upstream_id) <= MAX_ID_LENGTH and _plain_text(upstream_id)
+        and type(meeting) is str and _plain_text(meeting) and meeting.strip()
+        and type(date) is str and _is_valid_date(date)
+        and type(page) is int and 1 <= page <= MAX_PAGE
+        and _plain_text(text) and _plain_text(image) and _plain_text(entities) and _plain_text(votes)
+    ):
+        return _make_record((upstream_id, meeting, date, page, text, image, entities, votes))
+    return None
+
+
+def _plain_text(value: object) -> bool:
+    if value is None:
+        return True
+    return type(value) is str and "\x00" not in value and (value.isascii() or not _SURROGATE.search(value))
 
 
 def _invalid_reason(row: dict) -> str | None:
@@ -65,9 +100,12 @@ def _invalid_reason(row: dict) -> str | None:
         return f"id is longer than {MAX_ID_LENGTH} characters"
     if not isinstance(meeting, str) or not meeting.strip():
         return f"meeting is missing or empty: {meeting!r}"
-    if "\x00" in upstream_id or "\x00" in meeting:  # part of the page's identity: not ours to edit
+    # Part of the page's identity, so not ours to edit (unlike text, see _storable).
+    if "\x00" in upstream_id or "\x00" in meeting:
         return "id or meeting contains a NUL character"
-    if not isinstance(date, str) or not _DATE.match(date) or not _is_date(date):
+    if _has_surrogate(upstream_id) or _has_surrogate(meeting):
+        return "id or meeting contains an unpaired surrogate (not valid Unicode)"
+    if not isinstance(date, str) or not _is_valid_date(date):
         return f"date is not a YYYY-MM-DD date: {date!r}"
     if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= MAX_PAGE:
         return f"page is not a positive integer: {page!r}"
@@ -75,6 +113,11 @@ def _invalid_reason(row: dict) -> str | None:
         if row.get(column) is not None and not isinstance(row.get(column), str):
             return f"{column} is not text: {type(row.get(column)).__name__}"
     return None
+
+
+@functools.lru_cache(maxsize=65536)  # a document's pages share their date
+def _is_valid_date(value: str) -> bool:
+    return bool(_DATE.match(value)) and _is_date(value)
 
 
 def _is_date(value: str) -> bool:
@@ -85,8 +128,19 @@ def _is_date(value: str) -> bool:
         return False
 
 
-def _without_nul(value: str | None) -> str | None:
-    return value.replace("\x00", "") if value is not None and "\x00" in value else value
+def _has_surrogate(value: str) -> bool:
+    return not value.isascii() and _SURROGATE.search(value) is not None
+
+
+def _storable(value: str | None) -> str | None:
+    """Text as both stores keep it. PostgreSQL cannot store U+0000, and it carries no meaning in OCR
+    output, image paths or JSON, so it is dropped (SQLite too, to keep the stores identical);
+    unpaired surrogates become U+FFFD."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return _SURROGATE.sub("\ufffd", value) if _has_surrogate(value) else value
 
 
 def _json_text(value: object) -> str | None:
@@ -96,7 +150,15 @@ def _json_text(value: object) -> str | None:
 
 
 def _id_text(value: object) -> str:
-    return value[:MAX_ID_LENGTH] if isinstance(value, str) else ""
+    return storable_id(value) if isinstance(value, str) else ""
+
+
+def storable_id(upstream_id: str) -> str:
+    """An upstream id as rejected_rows keeps it: at most MAX_ID_LENGTH characters, and a NUL or an
+    unpaired surrogate (which no store can hold) as a JSON escape. Verification compares ids so."""
+    if "\x00" in upstream_id or _has_surrogate(upstream_id):
+        upstream_id = json.dumps(upstream_id)[1:-1]
+    return upstream_id[:MAX_ID_LENGTH]
 
 
 def _raw(row: object) -> str:

@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .migrations import upgrade
+from .page_writes import write_pages
 from .rows import PageRecord, Rejection
-from .staging import merge_staged, stage
 from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events
 
-MIN_SQLITE = (3, 35)  # the batch merge (staging.py) uses UPSERT ... RETURNING
+MIN_SQLITE = (3, 24)  # batch writes are UPSERTs (page_writes.py)
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class SyncStart:
     resumed: bool
     mode: str = "full"  # full / incremental
     window: tuple[dt.date, dt.date] | None = None  # meeting dates an incremental sync covers
+    # The partition held no page of another sync when this one (re)started (a first backfill): its
+    # pages are all new, and nothing can be stale when it completes.
+    fresh: bool = False
 
     @property
     def filters(self) -> dict[str, str]:
@@ -77,6 +80,7 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")  # readers (UI, checks) never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA wal_autocheckpoint=4000")
+    cursor.execute("PRAGMA cache_size=-16384")  # 16 MB (default 2): holds the unique index of a large partition
     cursor.close()
 
 
@@ -167,7 +171,8 @@ class MeetingStore:
                 start = SyncStart(job.sync_generation + 1, None, False, mode, window if mode == "incremental" else None)
                 values |= _fresh_sync_values(start)
             conn.execute(_job_update(municipality, document_type).values(**values))
-            return start
+            fresh = not self._has_other_pages(conn, municipality, document_type, start.generation)
+            return dataclasses.replace(start, fresh=fresh)
 
     def write_batch(
         self,
@@ -188,8 +193,9 @@ class MeetingStore:
         with self.writer.begin() as conn:
             created = updated = unchanged = 0
             if records:
-                stage(conn, records)
-                created, updated, unchanged = merge_staged(conn, municipality, document_type, sync.generation, utcnow())
+                created, updated, unchanged = write_pages(
+                    conn, municipality, document_type, sync.generation, records, fresh=sync.fresh, now=utcnow()
+                )
             if rejections:
                 conn.execute(self._upsert_rejections(), [_rejection_values(partition, r) for r in _dedupe_rejections(rejections)])
             counts = BatchCounts(created, updated, unchanged, len(rejections))
@@ -240,7 +246,7 @@ class MeetingStore:
             stale_pages = stale_pages.where(meeting_pages.c.meeting_date.between(*sync.window))
         else:
             conn.execute(_stale(rejected_rows, municipality, document_type, sync.generation))
-        deleted = conn.execute(stale_pages).rowcount
+        deleted = 0 if sync.fresh else conn.execute(stale_pages).rowcount  # fresh: spare a scan of the partition
         done = {"status": "completed", "last_cursor": None, "finished_at": utcnow()}
         if sync.mode == "full":
             done["full_synced_at"] = done["finished_at"]
@@ -339,6 +345,13 @@ class MeetingStore:
     def _job_row(conn: sa.Connection, municipality: str, document_type: str):
         query = sa.select(backfill_jobs).where(*_in_partition(backfill_jobs, municipality, document_type))
         return conn.execute(query).first()
+
+    @staticmethod
+    def _has_other_pages(conn: sa.Connection, municipality: str, document_type: str, generation: int) -> bool:
+        other = sa.select(meeting_pages.c.id).where(
+            *_in_partition(meeting_pages, municipality, document_type), meeting_pages.c.sync_generation != generation
+        )
+        return conn.execute(sa.select(other.exists())).scalar_one()
 
     @staticmethod
     def _count(conn: sa.Connection, municipality: str, document_type: str) -> int:

@@ -1,16 +1,18 @@
 """The sync engine: page through one partition upstream and land it in the store. No Dagster here."""
 
+import contextlib
 import datetime as dt
-import functools
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .client import CivicBandClient, Page
 from .leases import MunicipalityLease, SyncOwner
 from .naming import validate_document_type, validate_subdomain
-from .rows import PageRecord, Rejection, parse_rows
+from .rows import parse_rows
 from .store import BatchCounts, MeetingStore
 
 DEFAULT_BATCH_SIZE = 1000
@@ -113,21 +115,10 @@ def sync_partition(
 
 def _run(client, store, start, result: SyncResult, batch_size: int, time_budget: float | None, log) -> None:
     municipality, document_type = result.municipality, result.document_type
+    pages = prefetched_pages(client, municipality, document_type, batch_size, start.cursor, start.filters)
     try:
-        pages = _prefetched_pages(client, municipality, document_type, batch_size, start.cursor, start.filters)
-        for page, records, rejections in pages:
-            counts = store.write_batch(municipality, document_type, start, records, rejections, page.next_cursor)
-            result.add(len(page.rows), counts)
-            log.info(
-                "%s/%s: batch %d: %d rows (%d created, %d updated, %d rejected); %d so far, %.0f rows/s",
-                municipality, document_type, result.batches, len(page.rows), counts.created, counts.updated,
-                counts.rejected, result.fetched, result.rows_per_second,
-            )
-            if time_budget is not None and result.elapsed > time_budget and page.next_cursor is not None:
-                pages.close()
-                result.status = "paused"
-                store.stop_sync(municipality, document_type, "paused", f"{BUDGET_PAUSE} of {time_budget:.0f} s reached")
-                return
+        with contextlib.closing(pages):  # the prefetch thread stops however this ends
+            out_of_time = _land(pages, store, start, result, time_budget, log)
     except Exception as error:
         result.status = "failed"
         store.stop_sync(municipality, document_type, "failed", f"{type(error).__name__}: {error}")
@@ -136,7 +127,28 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
         result.status = "paused"
         store.stop_sync(municipality, document_type, "paused", "interrupted")
         raise
-    result.status = "completed"
+    if out_of_time:
+        result.status = "paused"
+        store.stop_sync(municipality, document_type, "paused", f"{BUDGET_PAUSE} of {time_budget:.0f} s reached")
+    else:
+        result.status = "completed"
+
+
+def _land(pages: Iterator[Page], store: MeetingStore, start, result: SyncResult, time_budget: float | None, log) -> bool:
+    """Write each page with its cursor; True if the time budget ran out before the last page."""
+    municipality, document_type = result.municipality, result.document_type
+    for page in pages:
+        records, rejections = parse_rows(page.rows)  # while the prefetch thread waits for upstream
+        counts = store.write_batch(municipality, document_type, start, records, rejections, page.next_cursor)
+        result.add(len(page.rows), counts)
+        log.info(
+            "%s/%s: batch %d: %d rows (%d created, %d updated, %d rejected); %d so far, %.0f rows/s",
+            municipality, document_type, result.batches, len(page.rows), counts.created, counts.updated,
+            counts.rejected, result.fetched, result.rows_per_second,
+        )
+        if time_budget is not None and result.elapsed > time_budget and page.next_cursor is not None:
+            return True
+    return False
 
 
 def _window(days: int) -> tuple[dt.date, dt.date]:
@@ -144,24 +156,49 @@ def _window(days: int) -> tuple[dt.date, dt.date]:
     return today - dt.timedelta(days=days), today + dt.timedelta(days=days)
 
 
-def _fetch_parsed(client: CivicBandClient, *args, **kwargs) -> tuple[Page, list[PageRecord], list[Rejection]]:
-    page = client.fetch_page(*args, **kwargs)
-    return page, *parse_rows(page.rows)
+PREFETCH_PAGES = 3  # fetched pages waiting to be written, at most (~3 MB each)
 
 
-def _prefetched_pages(client: CivicBandClient, municipality: str, document_type: str, size: int, cursor: str | None, filters: dict):
-    """Yield (page, records, rejections) in order while the next page is already being fetched and
-    parsed (the I/O and parsing overlap the writes, which release the GIL in the database driver)."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="civicband-prefetch")
-    fetch = functools.partial(_fetch_parsed, client, municipality, document_type, size, filters=filters)
+def prefetched_pages(
+    client: CivicBandClient, municipality: str, document_type: str, size: int, cursor: str | None = None,
+    filters: dict | None = None,
+) -> Iterator[Page]:
+    """The pages from `cursor` on, in order, fetched by a thread that asks for each page as soon as it
+    has the cursor: upstream never waits for what the caller does with them (up to PREFETCH_PAGES
+    ahead). A fetch that fails is raised here after the pages before it. Closing the generator stops
+    the thread after its current request.
+    """
+    fetched: queue.Queue = queue.Queue(maxsize=PREFETCH_PAGES)
+    stop = threading.Event()
+
+    def fetch_all(cursor: str | None) -> None:
+        try:
+            while not stop.is_set():
+                page = client.fetch_page(municipality, document_type, size, cursor, filters=filters)
+                _hand_over(fetched, page, stop)
+                if page.next_cursor is None:
+                    return
+                cursor = page.next_cursor
+        except BaseException as error:  # raised in the consumer, which would otherwise wait forever
+            _hand_over(fetched, error, stop)
+
+    threading.Thread(target=fetch_all, args=(cursor,), name="civicband-prefetch", daemon=True).start()
     try:
-        pending = pool.submit(fetch, cursor)
         while True:
-            page, records, rejections = pending.result()
-            if page.next_cursor is not None:
-                pending = pool.submit(fetch, page.next_cursor)
-            yield page, records, rejections
+            page = fetched.get()
+            if isinstance(page, BaseException):
+                raise page
+            yield page
             if page.next_cursor is None:
                 return
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop.set()
+
+
+def _hand_over(fetched: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():  # wait for room, unless the consumer is gone
+        try:
+            fetched.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            pass

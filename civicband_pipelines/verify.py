@@ -5,6 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .client import CivicBandClient
+from .rows import storable_id
 from .store import MeetingStore, utcnow
 
 MAX_NAMED_DOCUMENTS = 50  # documents named in metadata and CLI output; the counts are always complete
@@ -71,7 +72,7 @@ def verify_ids(client: CivicBandClient, store: MeetingStore, municipality: str, 
     upstream = _upstream_ids(client, municipality, document_type)
     local = store.iter_page_ids(municipality, document_type)
     for side, (upstream_id, meeting, date) in _merge_diff(upstream, local):
-        if side == "upstream" and upstream_id not in rejected:
+        if side == "upstream" and storable_id(upstream_id) not in rejected:
             result.missing_pages[(meeting, str(date))] += 1
         elif side == "local":
             result.extra_pages[(meeting, str(date))] += 1

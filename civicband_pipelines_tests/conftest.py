@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import time
 import warnings
 
 import pytest
@@ -46,6 +47,17 @@ def municipality(replica, replica_root):
     return make_municipality(replica_root, documents=40, pages=(3, 12), odd_rows=True)
 
 
+def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
+    """Poll `condition` until it is true (returned), failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def make_municipality(root, documents: int, pages: tuple[int, int], odd_rows: bool = False, **options) -> str:
     subdomain = f"town-{next(_names)}-{os.getpid()}.ca"
     build_municipality(root, subdomain, documents, pages, seed=len(subdomain), odd_rows=odd_rows, **options)
@@ -86,6 +98,14 @@ def store_url(request, tmp_path):
 @pytest.fixture
 def store(store_url):
     store = MeetingStore(store_url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def postgres_store(postgres_server_url):
+    """For what only PostgreSQL does."""
+    store = MeetingStore(create_database(postgres_server_url, f"t_{next(_names)}_{os.getpid()}"))
     yield store
     store.dispose()
 

@@ -56,12 +56,12 @@ def test_materialization_records_metadata_and_the_check_passes(instance, resourc
     metadata = result.asset_materializations_for_node("meeting_pages")[0].metadata
     for key in ("pages_fetched", "pages_created", "pages_updated", "pages_rejected", "rows_per_second", "resumed", "source"):
         assert key in metadata
-    assert metadata["pages_rejected"].value == 4
+    assert metadata["pages_rejected"].value == 5
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.metadata["missing"].value == 0
     assert_equals_upstream(store, replica_root, municipality, "agenda")
     job = store.job(municipality, "agenda")
-    assert job["verified_ok"] is True and job["expected_count"] == job["actual_count"] + 4
+    assert job["verified_ok"] is True and job["expected_count"] == job["actual_count"] + 5
 
 
 def test_failing_check_lands_in_the_job_table_and_names_documents(instance, resources, store, municipality):

@@ -22,7 +22,7 @@ def test_demo_backfills_and_verifies_every_demo_partition(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "scripts" / "demo")], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "8 of 8 partitions synced and verified" in done.stdout
-    actual = [int(n) for n in re.findall(r": OK expected \d+, actual (\d+), rejected 4, missing 0, extra 0", done.stdout)]
+    actual = [int(n) for n in re.findall(r": OK expected \d+, actual (\d+), rejected 5, missing 0, extra 0", done.stdout)]
     assert len(actual) == 8
     with contextlib.closing(sqlite3.connect(tmp_path / "demo" / "meetings.db")) as conn:  # the store it documents
         assert conn.execute("SELECT count(*) FROM meeting_pages").fetchone()[0] == sum(actual) > 0

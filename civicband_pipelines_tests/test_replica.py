@@ -135,10 +135,11 @@ def test_odd_rows_come_back_as_stored(oak):
     assert by_id[odd["page_not_number"].id]["page"] == "abc"
     assert by_id[odd["tbd_date"].id]["date"] == "TBD"
     assert "\x00" in by_id[odd["nul_in_text"].id]["text"]
+    assert "\x00" in odd["nul_in_id"].id and odd["nul_in_id"].id in by_id
     assert by_id[odd["null_text"].id]["text"] is None
     assert by_id[odd["url_special_id"].id]["text"]
     assert {r.reason for r in odd.values() if not r.accepted} == {
-        "null_meeting", "bad_date", "tbd_date", "page_not_number"}
+        "null_meeting", "bad_date", "tbd_date", "page_not_number", "nul_in_id"}
     assert set(odd) == set(ODD_ROW_REASONS)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from civicband_pipelines.rows import PageRecord, Rejection, parse_row, parse_rows
+from civicband_pipelines.rows import MAX_ID_LENGTH, PageRecord, Rejection, parse_row, parse_rows, storable_id
 
 GOOD = {"id": "0f3a9c2e11b7", "meeting": "CityCouncil", "date": "2024-01-15", "page": 3, "text": "Roll call",
         "page_image": "/_agendas/CityCouncil/2024-01-15/3.png", "entities_json": None, "votes_json": "[]"}
@@ -31,6 +31,8 @@ def test_a_good_row_becomes_a_page_record():
     ({"id": None}, "id is missing"),
     ({"id": "x" * 300}, "id is longer than 255"),
     ({"text": 42}, "text is not text"),
+    ({"id": "0f3a\ud800"}, "id or meeting contains an unpaired surrogate"),
+    ({"meeting": "City\udfffCouncil"}, "id or meeting contains an unpaired surrogate"),
 ])
 def test_odd_rows_are_rejected_with_a_reason_and_the_raw_row(change, reason):
     rejection = parse_row(GOOD | change)
@@ -59,3 +61,33 @@ def test_a_page_of_rows_splits_into_records_and_rejections_in_order():
     records, rejections = parse_rows([GOOD, GOOD | {"page": 0}, "junk", GOOD | {"page": 4}])
     assert [r.page_number for r in records] == [3, 4]
     assert [r.reason.split(":")[0] for r in rejections] == ["page is not a positive integer", "row is not an object"]
+
+
+def test_unpaired_surrogates_in_text_become_replacement_characters():
+    record = parse_row(GOOD | {"text": "a\ud800b", "page_image": "/\udc00.png", "entities_json": {"k": "\ud83d"}})
+    assert (record.text, record.page_image) == ("a\ufffdb", "/\ufffd.png")
+    assert record.entities_json == '{"k": "\\ud83d"}', "JSON given as an object is dumped ASCII-only: nothing to replace"
+    assert parse_row(GOOD | {"text": "paired \U0001F3DB fine"}).text == "paired \U0001F3DB fine"
+
+
+def test_a_rejected_id_is_kept_as_the_store_can_hold_it():
+    assert storable_id("0f3a9c2e11b7") == "0f3a9c2e11b7"
+    assert storable_id("a\x00b") == "a\\u0000b" and storable_id("a\ud800") == "a\\ud800"
+    assert storable_id("x" * 300) == "x" * MAX_ID_LENGTH
+    assert parse_row(GOOD | {"id": "a\x00b"}).upstream_id == "a\\u0000b"
+
+
+ROW_VARIANTS = [
+    {}, {"text": None}, {"text": ""}, {"text": "a\x00b"}, {"text": "ünï\ud800"}, {"text": 42}, {"page_image": 7},
+    {"entities_json": {"a": 1}}, {"votes_json": ["x"]}, {"votes_json": "\x00"}, {"id": ""}, {"id": 5}, {"id": "x" * 256},
+    {"id": "x" * 255}, {"id": "ü~,&"}, {"meeting": " "}, {"meeting": "Ünïcødé"}, {"meeting": 3}, {"date": "2024-02-30"},
+    {"date": "2024-01-15\n"}, {"date": "２０２４-01-15"}, {"date": 20240115}, {"page": 2**31 - 1}, {"page": 2**31},
+    {"page": False}, {"page": 1.0}, {"page": "3"},
+]
+
+
+@pytest.mark.parametrize("change", ROW_VARIANTS, ids=repr)
+def test_parse_rows_fast_path_gives_exactly_what_parse_row_gives(change):
+    for row in (GOOD | change, {k: v for k, v in (GOOD | change).items() if k != "votes_json"}):
+        records, rejections = parse_rows([row])
+        assert records + rejections == [parse_row(row)]

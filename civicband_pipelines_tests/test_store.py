@@ -1,7 +1,9 @@
 """Batch writes of the store, on SQLite and PostgreSQL: what goes in comes back byte for byte, and
 every batch says exactly what it created, updated and left unchanged."""
 
-from civicband_pipelines.rows import PageRecord
+from civicband_pipelines.page_writes import write_pages
+from civicband_pipelines.rows import PageRecord, parse_rows
+from civicband_pipelines.store import utcnow
 
 M, D = "oakland.ca", "agenda"
 
@@ -50,3 +52,52 @@ def test_the_later_of_two_rows_with_one_key_wins(store):
     counts = write(store, [page(1, "first", upstream_id="a"), page(1, "second", upstream_id="b")])
     assert (counts.created, counts.updated, counts.unchanged) == (1, 0, 0)
     assert local(store)[1][4] == "second"
+
+
+def test_a_first_sync_is_fresh_and_a_page_met_twice_in_it_is_updated(store):
+    start = store.start_sync(M, D, restart=True, run_id=None)
+    assert start.fresh, "no pages yet: batches may go straight into the table (COPY on PostgreSQL)"
+    assert store.write_batch(M, D, start, [page(1, "v1", "a"), page(2)], [], "c1").created == 2
+    # Upstream was rebuilt meanwhile: page 1 shows up again, re-OCR'd, further on.
+    counts = store.write_batch(M, D, start, [page(1, "v2", "b"), page(3)], [], None)
+    assert (counts.created, counts.updated, counts.unchanged, counts.deleted) == (1, 1, 0, 0)
+    assert local(store)[1][:5] == ("b", "CityCouncil", local(store)[1][2], 1, "v2") and len(local(store)) == 3
+    assert store.job(M, D)["actual_count"] == 3
+
+    resync = store.start_sync(M, D, restart=True, run_id=None)
+    assert not resync.fresh, "the pages of the first sync are there to be merged with, or removed"
+    assert store.write_batch(M, D, resync, [page(2)], [], None).deleted == 2
+
+
+def test_a_resumed_first_sync_is_still_fresh(store):
+    start = store.start_sync(M, D, restart=True, run_id=None)
+    store.write_batch(M, D, start, [page(1)], [], "c1")
+    store.stop_sync(M, D, "failed", "boom")
+    resumed = store.start_sync(M, D, restart=False, run_id=None)
+    assert resumed.resumed and resumed.fresh and resumed.generation == start.generation
+
+
+def test_ids_and_text_no_store_can_hold_are_escaped_or_replaced_and_the_batch_lands(store):
+    rows = [
+        {"id": "nul\x00id", "meeting": "CityCouncil", "date": "2024-01-15", "page": 1},
+        {"id": "lone\ud800", "meeting": "CityCouncil", "date": "2024-01-15", "page": 2},
+        {"id": "ok", "meeting": "CityCouncil", "date": "2024-01-15", "page": 3, "text": "half \udc00 pair", "votes_json": "[\"\ud83d\"]"},
+    ]
+    records, rejections = parse_rows(rows)
+    start = store.start_sync(M, D, restart=True, run_id=None)
+    counts = store.write_batch(M, D, start, records, rejections, None)
+    assert (counts.created, counts.rejected) == (1, 2)
+    assert {r["upstream_id"] for r in store.rejections(M, D)} == {"nul\\u0000id", "lone\\ud800"}
+    stored = local(store)[3]
+    assert stored[4] == "half \ufffd pair" and stored[7] == "[\"\ufffd\"]"
+
+
+def test_postgresql_copies_a_fresh_batch_straight_into_the_table_and_merges_otherwise(postgres_store):
+    store = postgres_store
+    staged = "SELECT to_regclass('pg_temp.staged_pages') IS NOT NULL"
+    with store.writer.begin() as conn:
+        assert write_pages(conn, M, D, 1, [page(1), page(2)], fresh=True, now=utcnow()) == (2, 0, 0)
+        assert not conn.exec_driver_sql(staged).scalar(), "COPYed into meeting_pages directly"
+        assert write_pages(conn, M, D, 1, [page(2, "new", "id-2b"), page(3)], fresh=True, now=utcnow()) == (1, 1, 0)
+        assert conn.exec_driver_sql(staged).scalar(), "page 2 exists: the batch went through the merge"
+    assert local(store)[2][4] == "new" and len(local(store)) == 3

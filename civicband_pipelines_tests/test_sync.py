@@ -1,12 +1,16 @@
 """The sync engine over real HTTP against the Datasette replica, on SQLite and PostgreSQL."""
 
+import threading
+
 import pytest
 
 from civicband_pipelines.client import CivicBandClient
 from civicband_pipelines.naming import DOCUMENT_TYPES
 from civicband_pipelines.replica.generate import ODD_ROW_REASONS, delete_documents, odd_rows_for, reocr_pages
-from civicband_pipelines.sync import sync_partition
+from civicband_pipelines.rows import storable_id
+from civicband_pipelines.sync import PREFETCH_PAGES, prefetched_pages, sync_partition
 
+from .conftest import wait_until
 from .upstream import assert_equals_upstream, expected_rejections, replica_db, upstream_rows
 
 
@@ -40,11 +44,14 @@ def test_odd_rows_are_rejected_with_reasons_while_their_batches_land(client, sto
     result = sync_partition(client, store, municipality, "minutes", batch_size=7)
     odd = odd_rows_for(municipality, "minutes")
     rejected = {r["upstream_id"]: r for r in store.rejections(municipality, "minutes")}
-    assert set(rejected) == {o.id for o in odd if not o.accepted} == expected_rejections(replica_root, municipality, "minutes")
+    # An id no store can hold (a NUL) is kept escaped: the batch lands on PostgreSQL too.
+    assert set(rejected) == {storable_id(o.id) for o in odd if not o.accepted} == expected_rejections(replica_root, municipality, "minutes")
     assert result.rejected == len(rejected)
-    reasons = {o.reason: rejected[o.id]["reason"] for o in odd if not o.accepted}
+    reasons = {o.reason: rejected[storable_id(o.id)]["reason"] for o in odd if not o.accepted}
     assert "meeting" in reasons["null_meeting"] and "date" in reasons["bad_date"] and "'TBD'" in reasons["tbd_date"]
     assert "page" in reasons["page_not_number"] and "'abc'" in reasons["page_not_number"]
+    nul_id = next(o.id for o in odd if o.reason == "nul_in_id")
+    assert "NUL" in reasons["nul_in_id"] and storable_id(nul_id) == nul_id.replace("\x00", "\\u0000")
     assert all(r["raw"] for r in rejected.values())
     local_ids = {p["upstream_id"] for p in store.iter_pages(municipality, "minutes")}
     assert {o.id for o in odd if o.accepted} <= local_ids  # URL-special ids, NULs, empty and NULL text
@@ -117,3 +124,19 @@ def test_restart_ignores_the_saved_cursor(client, store, replica, replica_root, 
     assert result.resumed_from is None
     assert result.fetched == len(upstream_rows(replica_root, municipality, "agenda"))
     assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_prefetch_runs_a_bounded_way_ahead_and_stops_when_closed(client, replica, municipality):
+    def requested() -> int:  # table pages of this municipality the replica was asked for
+        return sum(p.get("subdomain") == municipality for p in replica.fault_stats()["table_page_requests"])
+
+    before = set(threading.enumerate())
+    pages = prefetched_pages(client, municipality, "agenda", 10)
+    assert next(pages).next_cursor, "the partition has many pages of 10"
+    (thread,) = set(threading.enumerate()) - before
+    # The consumer holds page 1: the thread fills the queue, fetches one more page and waits with it.
+    wait_until(lambda: requested() == 2 + PREFETCH_PAGES, timeout=30, what="the prefetch to run ahead")
+    pages.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "closing the pages stops the prefetch thread"
+    assert requested() == 2 + PREFETCH_PAGES, "no page fetched after the consumer left"

@@ -156,7 +156,7 @@ class OddRow:
 
 # reason -> should a sync accept the row?
 ODD_ROW_REASONS = {
-    "null_meeting": False, "bad_date": False, "tbd_date": False, "page_not_number": False,
+    "null_meeting": False, "bad_date": False, "tbd_date": False, "page_not_number": False, "nul_in_id": False,
     "nul_in_text": True, "empty_text": True, "null_text": True,
     "url_special_id": True, "url_special_id_2": True,
 }
@@ -172,6 +172,7 @@ def odd_rows_for(subdomain: str, kind: str) -> list[OddRow]:
         "bad_date": (None, m, "2024-13-45", 1, f"{place} page with impossible date"),
         "tbd_date": (None, m, "TBD", 1, f"{place} page with undecided date"),
         "page_not_number": (None, m, "2021-06-16", "abc", f"{place} page numbered abc"),
+        "nul_in_id": (f"nul\x00id-{tag}", m, "2021-06-16", 2, f"{place} page whose id holds a NUL"),
         "nul_in_text": (None, m, d, 1, f"{place} scanned\x00page\x00with NULs"),
         "empty_text": (None, m, d, 2, ""),
         "null_text": (None, m, d, 3, None),

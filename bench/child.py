@@ -69,8 +69,8 @@ def measure_sync(args) -> dict:
     with Timed() as timed:
         store.started = time.perf_counter()
         result = sync_partition(client, store, args.municipality, DOCUMENT_TYPE, batch_size=BATCH, restart=True)
-    return {"rows": result.fetched, "created": result.created, "status": result.status,
-            "rss_before_sync_mb": before, **timed.result()}
+    return {"rows": result.fetched, "created": result.created, "updated": result.updated, "unchanged": result.unchanged,
+            "deleted": result.deleted, "status": result.status, "rss_before_sync_mb": before, **timed.result()}
 
 
 def progress_store(url: str):

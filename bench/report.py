@@ -71,7 +71,8 @@ def render(results: dict, args) -> str:
     ]
     partitions = results.get("partitions", [])
     if partitions:
-        parts += [fetch_table(partitions), sync_table(partitions), memory_table(partitions), verify_table(partitions)]
+        parts += [fetch_table(partitions), sync_table(partitions), resync_table(partitions), memory_table(partitions),
+                  verify_table(partitions)]
     if results.get("latency"):
         parts.append(latency_table(results["latency"]))
     if results.get("fleet"):
@@ -111,12 +112,13 @@ def method_section() -> str:
         "- **The two cores are not independent**: while one is busy, the other runs slower (the replica answers "
         "~15-20 % slower beside a spinning process even when each is pinned to a core of its own). The ceiling "
         "has the other core idle while the replica works; a sync cannot (it writes meanwhile). `prefetch, other "
-        "core busy` measures what fetching alone achieves in that condition.\n"
+        "core busy` measures what fetching alone achieves in that condition, with the other core busy all the "
+        "time (a sync keeps it busy about half the time): a bound from below.\n"
         "- **Rounds**: the machine's speed drifts by tens of percent within minutes, so each partition is measured "
         "in `--repeat` interleaved rounds (fetch variants, then the syncs); each sync is held to the ceiling of its "
         "own round, and the tables show the median round (the ratios of all rounds in brackets).\n"
         "- **Sync**: `sync_partition(..., batch_size=1000)` into a fresh store (new SQLite file / new PostgreSQL "
-        "database); all pages are created.\n"
+        "database): a first backfill, all pages are created. **Re-sync**: the same again into the filled store.\n"
         "- **Naive**: the replaced Django app's approach on the first N rows (pre-fetched and parsed, so only "
         "the writes are timed, which favours it): per row, SELECT by (municipality, type, meeting, date, page), "
         "then INSERT or UPDATE, then COMMIT, through the same engine settings as the store. Extrapolated to the "
@@ -165,6 +167,24 @@ def sync_table(partitions) -> str:
             lines.append(f"| {p.municipality.agenda_pages:,} | {STORE_NAMES[kind]} | {sync['seconds']:.1f}{star} | {_rate(sync)}{star} | "
                          f"{_ratios(p, kind)} | {_busy_ratio(p, kind)} | {batches} | {_per_1k(sync, 'cpu_seconds')} | "
                          f"{_per_1k(sync, 'replica_cpu_seconds')} | {pg_cpu} | {naive_cols} | {sync['load_before']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def resync_table(partitions) -> str:
+    lines = ["## Re-sync (every page unchanged)\n",
+             "A second full sync into the store the first round's sync filled: every page is upserted as unchanged "
+             "(the merge path on PostgreSQL) and the last batch scans the partition for stale pages. Held to the "
+             "first round's ceiling.\n",
+             "| pages | store | sync s | rows/s | × ceiling | unchanged | client CPU ms/1k | replica CPU ms/1k | "
+             "PostgreSQL CPU ms/1k |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in partitions:
+        for kind, sync in p.resync.items():
+            pg_cpu = _per_1k(sync, "postgres_cpu_seconds") if kind == "postgresql" else "–"
+            ratio = sync["rows_per_second"] / p.round_ceiling(p.rounds[0])
+            lines.append(f"| {p.municipality.agenda_pages:,} | {STORE_NAMES[kind]} | {sync['seconds']:.1f} | {_rate(sync)} | "
+                         f"{ratio:.2f} | {sync.get('unchanged', '–'):,} | {_per_1k(sync, 'cpu_seconds')} | "
+                         f"{_per_1k(sync, 'replica_cpu_seconds')} | {pg_cpu} |")
     return "\n".join(lines) + "\n"
 
 
@@ -300,7 +320,7 @@ def _ratios(p, kind: str) -> str:
 def _busy_ratio(p, kind: str) -> str:
     ratios = [r["sync"][kind]["rows_per_second"] / r["fetch"][BUSY_VARIANT]["rows_per_second"]
               for r in p.rounds if kind in r["sync"] and BUSY_VARIANT in r["fetch"]]
-    return f"{statistics.median(ratios):.2f}" if ratios else "–"
+    return f"{statistics.median_low(ratios):.2f}" if ratios else "–"
 
 
 def _target(label: str, value: str, met: bool) -> str:

@@ -40,6 +40,7 @@ class PartitionResult:
     rounds: list[dict] = field(default_factory=list)  # {"fetch": {variant: result}, "sync": {store: result}}
     naive: dict[str, dict] = field(default_factory=dict)  # store -> child result
     verify: dict[str, dict] = field(default_factory=dict)  # store -> requests, seconds
+    resync: dict[str, dict] = field(default_factory=dict)  # store -> child result (first round)
 
     @staticmethod
     def round_ceiling(measured: dict) -> float:
@@ -47,15 +48,15 @@ class PartitionResult:
 
     @property
     def ceiling(self) -> float:
-        """The median of the rounds' fetch ceilings."""
-        return statistics.median(self.round_ceiling(r) for r in self.rounds)
+        """The median of the rounds' fetch ceilings (the lower one of the middle two, as for every median here)."""
+        return statistics.median_low(self.round_ceiling(r) for r in self.rounds)
 
     def ratios(self, kind: str) -> list[float]:
         """sync ÷ its round's ceiling, per round."""
         return [r["sync"][kind]["rows_per_second"] / self.round_ceiling(r) for r in self.rounds if kind in r["sync"]]
 
     def ratio(self, kind: str) -> float:
-        return statistics.median(self.ratios(kind))
+        return statistics.median_low(self.ratios(kind))
 
     @property
     def fetch(self) -> dict[str, dict]:
@@ -162,8 +163,10 @@ def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Mun
                                                          busy=label == BUSY_VARIANT)
             log(f"    fetch {label}: {fetch['rows_per_second']:.0f} rows/s")
         for kind in STORES:
-            measured["sync"][kind] = measure_sync(servers, common_args, stores, kind, sync_timeout, muni, base_url,
-                                                  result.verify if number == 0 else None, log)
+            first = number == 0
+            measured["sync"][kind] = measure_sync(servers, common_args, stores, kind, sync_timeout, muni, base_url, log,
+                                                  verify=result.verify if first else None,
+                                                  resync=result.resync if first else None)
             if naive_rows and number == 0:
                 result.naive[kind] = measure_naive(servers, common_args, stores, kind, naive_rows)
                 log(f"    naive {kind}: {result.naive[kind]['rows_per_second']:.0f} rows/s")
@@ -172,18 +175,26 @@ def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Mun
 
 
 def measure_sync(servers: Servers, common_args: list[str], stores: Stores, kind: str, sync_timeout: float,
-                 muni: Municipality, base_url: str, verify: dict | None, log) -> dict:
-    """One sync into a fresh store; with `verify`, the cost of verifying it goes there."""
+                 muni: Municipality, base_url: str, log, verify: dict | None = None, resync: dict | None = None) -> dict:
+    """One sync into a fresh store (a first backfill). With `verify`, the cost of verifying it goes there;
+    with `resync`, a second full sync of the same partition (every page unchanged)."""
     url = stores.fresh(kind, "sync")
     try:
         sync = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
-        log(f"    sync {kind}: {sync['rows_per_second']:.0f} rows/s, peak RSS {sync['vmhwm_mb']:.0f} MB"
-            + (f" (TIMED OUT after {sync['seconds']:.0f} s at {sync['rows']:,} rows)" if sync["timed_out"] else ""))
+        log(f"    sync {kind}: {_summary(sync)}")
         if verify is not None and not sync["timed_out"]:
             verify[kind] = measure_verification(base_url, url, muni)
+        if resync is not None and not sync["timed_out"]:
+            resync[kind] = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
+            log(f"    re-sync {kind}: {_summary(resync[kind])}")
         return sync
     finally:
         stores.drop(url)
+
+
+def _summary(sync: dict) -> str:
+    timed_out = f" (TIMED OUT after {sync['seconds']:.0f} s at {sync['rows']:,} rows)" if sync["timed_out"] else ""
+    return f"{sync['rows_per_second']:.0f} rows/s, peak RSS {sync['vmhwm_mb']:.0f} MB{timed_out}"
 
 
 def measure_naive(servers: Servers, common_args: list[str], stores: Stores, kind: str, rows: int) -> dict:

@@ -3,9 +3,9 @@ Python beyond handing each record to the driver.
 
 - SQLite: one executemany of an UPSERT. The driver binds plain tuples and releases the GIL while
   SQLite works; two indexed counts then say what the batch created and changed.
-- PostgreSQL: binary COPY (no text escaping on either side). A fresh partition (a first backfill)
-  has its batches COPYed straight into meeting_pages; otherwise, or if a page turns out to exist
-  after all, the batch is COPYed into a temporary table and merged with one UPSERT ... RETURNING.
+- PostgreSQL: binary COPY (no text escaping on either side). A first backfill has its batches
+  COPYed straight into meeting_pages; otherwise, or if a page turns out to exist after all, the
+  batch is COPYed into a temporary table and merged with one UPSERT ... RETURNING.
 
 Either way every page is one probe of the unique index, whatever the database's statistics say.
 """
@@ -16,6 +16,7 @@ import functools
 import operator
 import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,32 +31,43 @@ REPLACED = ("upstream_id", "text", "page_image", "entities_json", "votes_json", 
 COLUMNS = ("municipality", "document_type", *PageRecord._fields, "sync_generation", "created_at", "updated_at")
 
 
+class Written(NamedTuple):
+    created: int
+    updated: int
+    unchanged: int
+    merged: bool = False  # PostgreSQL: asked for a direct COPY, the batch had to be merged after all
+
+
 def write_pages(
     conn: sa.Connection, municipality: str, document_type: str, generation: int, records: list[PageRecord],
-    *, fresh: bool, now: dt.datetime,
-) -> tuple[int, int, int]:
-    """Upsert `records` (unique by page key) as seen by sync `generation`; returns (created, updated, unchanged).
+    *, direct: bool, now: dt.datetime,
+) -> Written:
+    """Upsert `records` (unique by page key: the store dedupes them) as seen by sync `generation`.
 
-    `fresh`: the partition holds no page of another generation, so (nearly) every record is new.
+    `direct` (PostgreSQL): try a COPY straight into meeting_pages, for a partition whose pages
+    should all be new (a first backfill).
     """
     if conn.dialect.name != "postgresql":
         return _sqlite_upsert(conn, municipality, document_type, generation, records, now)
     copy = _PostgresCopy(conn, municipality, document_type, generation, now)
-    if fresh and copy.into_pages(records):
-        return len(records), 0, 0
+    if direct and copy.into_pages(records):
+        return Written(len(records), 0, 0)
     copy.into_staging(records)
-    merged = conn.execute(_MERGE_STAGED, copy.merge_params).all()
+    params = {"municipality": municipality, "document_type": document_type, "generation": generation, "now": now}
+    merged = conn.execute(_MERGE_STAGED, params).all()
     created = sum(was_created for was_created, _ in merged)
     changed = sum(was_changed for _, was_changed in merged)
-    return created, changed - created, len(merged) - changed
+    return Written(created, changed - created, len(merged) - changed, merged=direct)
 
 
 def _upsert(insert):
     new = insert.excluded
     replaced = {name: new[name] for name in REPLACED}
-    # An unchanged page keeps its updated_at: only the generation says it was seen again.
+    # An unchanged page keeps its updated_at (only the generation says it was seen again) and its
+    # stored text: PostgreSQL then copies the compressed value instead of compressing it anew.
     unchanged = sa.and_(*(meeting_pages.c[name].is_not_distinct_from(new[name]) for name in COMPARED))
-    replaced["updated_at"] = sa.case((unchanged, meeting_pages.c.updated_at), else_=new.updated_at)
+    for name in ("text", "updated_at"):
+        replaced[name] = sa.case((unchanged, meeting_pages.c[name]), else_=new[name])
     return insert.on_conflict_do_update(index_elements=list(PAGE_KEY), set_=replaced)
 
 
@@ -82,7 +94,7 @@ _SQLITE_CHANGED = (
 )
 
 
-def _sqlite_upsert(conn, municipality, document_type, generation, records, now) -> tuple[int, int, int]:
+def _sqlite_upsert(conn, municipality, document_type, generation, records, now) -> Written:
     stamp = _SQLITE_DATETIME(now)
     max_id = conn.exec_driver_sql(_SQLITE_MAX_ID).scalar_one()
     rows = [_SQLITE_ORDER((municipality, document_type, *record, generation, stamp, stamp)) for record in records]
@@ -90,7 +102,7 @@ def _sqlite_upsert(conn, municipality, document_type, generation, records, now) 
     created = conn.exec_driver_sql(_SQLITE_CREATED, (max_id,)).scalar_one()
     ids = [record.upstream_id for record in records]
     changed = conn.exec_driver_sql(_SQLITE_CHANGED, (municipality, document_type, min(ids), max(ids), max_id, stamp)).scalar_one()
-    return created, changed, len(records) - created - changed
+    return Written(created, changed, len(records) - created - changed)
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
@@ -118,6 +130,7 @@ def _merge_staged() -> sa.Insert:
 _MERGE_STAGED = _merge_staged()
 # COPY's binary format: a header, then per row a field count and each field as length + bytes
 # (-1 for NULL), then a trailer. Dates and timestamps count days and microseconds from 2000-01-01.
+# Each column is encoded for its type (text, int4, date, timestamptz): test_store checks the live schema.
 _INT2, _INT4, _INT8 = struct.Struct("!h").pack, struct.Struct("!i").pack, struct.Struct("!q").pack
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + _INT4(0) + _INT4(0)
 _TRAILER = _INT2(-1)
@@ -133,7 +146,6 @@ class _PostgresCopy:
         self.conn = conn
         self.dbapi = conn.connection.dbapi_connection  # psycopg2, in the same transaction
         self.encoding = _python_codec(self.dbapi.encoding)
-        self.merge_params = {"municipality": municipality, "document_type": document_type, "generation": generation, "now": now}
         stamp = _INT4(8) + _INT8((now - _EPOCH) // dt.timedelta(microseconds=1))
         self.page_prefix = _INT2(len(COLUMNS)) + self._text(municipality) + self._text(document_type)
         self.page_suffix = _int4(generation) + stamp + stamp
@@ -152,6 +164,8 @@ class _PostgresCopy:
             self.conn.execute(sa.schema.CreateTable(staged_pages))
             # Staged text is read once: compressing it would double the COPY's cost.
             self.conn.exec_driver_sql("ALTER TABLE staged_pages ALTER COLUMN text SET STORAGE EXTERNAL")
+        else:  # emptied at each commit; this is for a second batch in one transaction
+            self.conn.exec_driver_sql("DELETE FROM staged_pages")
         self._copy("staged_pages", PageRecord._fields, self._rows(records, _INT2(len(PageRecord._fields)), b""))
 
     def _copy(self, table: str, columns: tuple[str, ...], rows: Iterator[bytes]) -> None:

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # unpaired (JSON "\ud800"): no UTF-8 database can store one
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 MAX_ID_LENGTH = 255
 MAX_PAGE = 2**31 - 1  # the store's page_number is a 32-bit integer
 
@@ -87,9 +88,7 @@ def _plain_record(row: object) -> PageRecord | None:
 
 
 def _plain_text(value: object) -> bool:
-    if value is None:
-        return True
-    return type(value) is str and "\x00" not in value and (value.isascii() or not _SURROGATE.search(value))
+    return value is None or (type(value) is str and "\x00" not in value and not _has_surrogate(value))
 
 
 def _invalid_reason(row: dict) -> str | None:
@@ -115,8 +114,12 @@ def _invalid_reason(row: dict) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=65536)  # a document's pages share their date
 def _is_valid_date(value: str) -> bool:
+    return len(value) == 10 and _is_valid_date_text(value)
+
+
+@functools.lru_cache(maxsize=65536)  # a document's pages share their date
+def _is_valid_date_text(value: str) -> bool:
     return bool(_DATE.match(value)) and _is_date(value)
 
 
@@ -154,11 +157,9 @@ def _id_text(value: object) -> str:
 
 
 def storable_id(upstream_id: str) -> str:
-    """An upstream id as rejected_rows keeps it: at most MAX_ID_LENGTH characters, and a NUL or an
+    """An upstream id as rejected_rows keeps it: at most MAX_ID_LENGTH characters, and each NUL or
     unpaired surrogate (which no store can hold) as a JSON escape. Verification compares ids so."""
-    if "\x00" in upstream_id or _has_surrogate(upstream_id):
-        upstream_id = json.dumps(upstream_id)[1:-1]
-    return upstream_id[:MAX_ID_LENGTH]
+    return _UNSTORABLE.sub(lambda match: f"\\u{ord(match[0]):04x}", upstream_id)[:MAX_ID_LENGTH]
 
 
 def _raw(row: object) -> str:

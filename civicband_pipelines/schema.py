@@ -68,6 +68,8 @@ backfill_jobs = sa.Table(
     sa.Column("window_end", sa.Date),
     sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("sync_generation", sa.Integer, nullable=False, server_default="0"),
+    # The partition held no page when this sync generation began: a first backfill (page_writes.py).
+    sa.Column("started_empty", sa.Boolean),
     sa.Column("last_cursor", sa.Text),  # the `next` token after the last committed batch
     sa.Column("pages_fetched", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("pages_created", sa.BigInteger, nullable=False, server_default="0"),

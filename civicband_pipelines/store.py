@@ -30,8 +30,8 @@ class SyncStart:
     resumed: bool
     mode: str = "full"  # full / incremental
     window: tuple[dt.date, dt.date] | None = None  # meeting dates an incremental sync covers
-    # The partition held no page of another sync when this one (re)started (a first backfill): its
-    # pages are all new, and nothing can be stale when it completes.
+    # The partition held no page when this sync generation began (a first backfill, saved in
+    # backfill_jobs.started_empty): its pages are new, and none can be stale when it completes.
     fresh: bool = False
 
     @property
@@ -80,7 +80,7 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")  # readers (UI, checks) never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA wal_autocheckpoint=4000")
-    cursor.execute("PRAGMA cache_size=-16384")  # 16 MB (default 2): holds the unique index of a large partition
+    cursor.execute("PRAGMA cache_size=-16384")  # 16 MB a connection (default 2): index pages a big sync keeps touching
     cursor.close()
 
 
@@ -89,6 +89,7 @@ class MeetingStore:
         self.url = url
         self.engine = create_store_engine(url)
         self.writer = self.engine.execution_options(writer=True)
+        self._merging: set[tuple[str, str, int]] = set()  # first backfills that met an existing page
         upgrade(self.engine)
 
     def dispose(self) -> None:
@@ -158,21 +159,24 @@ class MeetingStore:
         """
         with self.writer.begin() as conn:
             job = self._job_row(conn, municipality, document_type)
-            if job is None:
-                conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type))
+            if job is None:  # generations continue above any pages left from a job row now gone
+                generation = self._last_page_generation(conn, municipality, document_type)
+                conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type,
+                                                           sync_generation=generation))
                 job = self._job_row(conn, municipality, document_type)
             values = {"status": "running", "run_id": run_id, "last_error": None, "updated_at": utcnow()}
             if job.status in ("running", "failed", "paused") and job.sync_generation > 0 and not restart:
                 saved_window = (job.window_start, job.window_end) if job.mode == "incremental" else None
-                start = SyncStart(job.sync_generation, job.last_cursor, job.last_cursor is not None, job.mode, saved_window)
+                start = SyncStart(job.sync_generation, job.last_cursor, job.last_cursor is not None, job.mode, saved_window,
+                                  fresh=bool(job.started_empty))
             else:
                 if mode == "incremental" and job.full_synced_at is None:
                     mode, window = "full", None
-                start = SyncStart(job.sync_generation + 1, None, False, mode, window if mode == "incremental" else None)
+                empty = not self._has_pages(conn, municipality, document_type)
+                start = SyncStart(job.sync_generation + 1, None, False, mode, window if mode == "incremental" else None, fresh=empty)
                 values |= _fresh_sync_values(start)
             conn.execute(_job_update(municipality, document_type).values(**values))
-            fresh = not self._has_other_pages(conn, municipality, document_type, start.generation)
-            return dataclasses.replace(start, fresh=fresh)
+            return start
 
     def write_batch(
         self,
@@ -193,9 +197,7 @@ class MeetingStore:
         with self.writer.begin() as conn:
             created = updated = unchanged = 0
             if records:
-                created, updated, unchanged = write_pages(
-                    conn, municipality, document_type, sync.generation, records, fresh=sync.fresh, now=utcnow()
-                )
+                created, updated, unchanged = self._write_pages(conn, municipality, document_type, sync, records)
             if rejections:
                 conn.execute(self._upsert_rejections(), [_rejection_values(partition, r) for r in _dedupe_rejections(rejections)])
             counts = BatchCounts(created, updated, unchanged, len(rejections))
@@ -214,6 +216,16 @@ class MeetingStore:
                 )
             )
             return counts
+
+    def _write_pages(self, conn, municipality: str, document_type: str, sync: SyncStart, records) -> tuple[int, int, int]:
+        # A first backfill goes straight into the table until a page turns out to exist already
+        # (upstream rebuilt behind the cursor, or repeats a page key); from then on it merges.
+        partition = (municipality, document_type, sync.generation)
+        direct = sync.fresh and partition not in self._merging
+        written = write_pages(conn, municipality, document_type, sync.generation, records, direct=direct, now=utcnow())
+        if written.merged:
+            self._merging.add(partition)
+        return written.created, written.updated, written.unchanged
 
     def stop_sync(self, municipality: str, document_type: str, status: str, error: str | None) -> None:
         """Mark an interrupted sync `failed` or `paused`; its cursor stays for the next run."""
@@ -347,11 +359,16 @@ class MeetingStore:
         return conn.execute(query).first()
 
     @staticmethod
-    def _has_other_pages(conn: sa.Connection, municipality: str, document_type: str, generation: int) -> bool:
-        other = sa.select(meeting_pages.c.id).where(
-            *_in_partition(meeting_pages, municipality, document_type), meeting_pages.c.sync_generation != generation
+    def _last_page_generation(conn: sa.Connection, municipality: str, document_type: str) -> int:
+        query = sa.select(sa.func.coalesce(sa.func.max(meeting_pages.c.sync_generation), 0)).where(
+            *_in_partition(meeting_pages, municipality, document_type)
         )
-        return conn.execute(sa.select(other.exists())).scalar_one()
+        return conn.execute(query).scalar_one()
+
+    @staticmethod
+    def _has_pages(conn: sa.Connection, municipality: str, document_type: str) -> bool:
+        page = sa.select(meeting_pages.c.id).where(*_in_partition(meeting_pages, municipality, document_type))
+        return conn.execute(sa.select(page.exists())).scalar_one()
 
     @staticmethod
     def _count(conn: sa.Connection, municipality: str, document_type: str) -> int:
@@ -391,7 +408,7 @@ def _fresh_sync_values(start: SyncStart) -> dict:
     window_start, window_end = start.window or (None, None)
     return {
         "sync_generation": start.generation, "mode": start.mode, "window_start": window_start, "window_end": window_end,
-        "last_cursor": None, "started_at": utcnow(), "finished_at": None,
+        "started_empty": start.fresh, "last_cursor": None, "started_at": utcnow(), "finished_at": None,
     } | dict.fromkeys(counters, 0)
 
 

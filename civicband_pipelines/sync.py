@@ -156,7 +156,7 @@ def _window(days: int) -> tuple[dt.date, dt.date]:
     return today - dt.timedelta(days=days), today + dt.timedelta(days=days)
 
 
-PREFETCH_PAGES = 3  # fetched pages waiting to be written, at most (~3 MB each)
+PREFETCH_PAGES = 3  # fetched pages queued for the writer (~3 MB each); the thread holds one more while it waits
 
 
 def prefetched_pages(
@@ -164,9 +164,10 @@ def prefetched_pages(
     filters: dict | None = None,
 ) -> Iterator[Page]:
     """The pages from `cursor` on, in order, fetched by a thread that asks for each page as soon as it
-    has the cursor: upstream never waits for what the caller does with them (up to PREFETCH_PAGES
-    ahead). A fetch that fails is raised here after the pages before it. Closing the generator stops
-    the thread after its current request.
+    has the cursor: upstream never waits for what the caller does with them, as long as the caller
+    keeps up (the thread runs at most PREFETCH_PAGES + 1 pages ahead of it). A fetch that fails is
+    raised here after the pages before it. Closing the generator stops the thread once its current
+    request (with its retries) is done.
     """
     fetched: queue.Queue = queue.Queue(maxsize=PREFETCH_PAGES)
     stop = threading.Event()

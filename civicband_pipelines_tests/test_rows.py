@@ -71,7 +71,7 @@ def test_unpaired_surrogates_in_text_become_replacement_characters():
 
 
 def test_a_rejected_id_is_kept_as_the_store_can_hold_it():
-    assert storable_id("0f3a9c2e11b7") == "0f3a9c2e11b7"
+    assert storable_id("0f3a9c2e11b7") == "0f3a9c2e11b7" and storable_id("ünï好~,&") == "ünï好~,&"
     assert storable_id("a\x00b") == "a\\u0000b" and storable_id("a\ud800") == "a\\ud800"
     assert storable_id("x" * 300) == "x" * MAX_ID_LENGTH
     assert parse_row(GOOD | {"id": "a\x00b"}).upstream_id == "a\\u0000b"

@@ -1,8 +1,9 @@
 """Batch writes of the store, on SQLite and PostgreSQL: what goes in comes back byte for byte, and
 every batch says exactly what it created, updated and left unchanged."""
 
-from civicband_pipelines.page_writes import write_pages
+from civicband_pipelines.page_writes import COLUMNS, write_pages
 from civicband_pipelines.rows import PageRecord, parse_rows
+from civicband_pipelines.schema import backfill_jobs
 from civicband_pipelines.store import utcnow
 
 M, D = "oakland.ca", "agenda"
@@ -69,6 +70,16 @@ def test_a_first_sync_is_fresh_and_a_page_met_twice_in_it_is_updated(store):
     assert store.write_batch(M, D, resync, [page(2)], [], None).deleted == 2
 
 
+def test_a_sync_after_its_job_row_is_gone_still_removes_stale_pages(store):
+    first = store.start_sync(M, D, restart=True, run_id=None)
+    store.write_batch(M, D, first, [page(1), page(2), page(3)], [], None)
+    with store.writer.begin() as conn:  # a reset of the job table
+        conn.execute(backfill_jobs.delete())
+    again = store.start_sync(M, D, restart=True, run_id=None)
+    assert again.generation > first.generation and not again.fresh
+    assert store.write_batch(M, D, again, [page(1)], [], None).deleted == 2
+
+
 def test_a_resumed_first_sync_is_still_fresh(store):
     start = store.start_sync(M, D, restart=True, run_id=None)
     store.write_batch(M, D, start, [page(1)], [], "c1")
@@ -96,8 +107,32 @@ def test_postgresql_copies_a_fresh_batch_straight_into_the_table_and_merges_othe
     store = postgres_store
     staged = "SELECT to_regclass('pg_temp.staged_pages') IS NOT NULL"
     with store.writer.begin() as conn:
-        assert write_pages(conn, M, D, 1, [page(1), page(2)], fresh=True, now=utcnow()) == (2, 0, 0)
+        assert write_pages(conn, M, D, 1, [page(1), page(2)], direct=True, now=utcnow()) == (2, 0, 0, False)
         assert not conn.exec_driver_sql(staged).scalar(), "COPYed into meeting_pages directly"
-        assert write_pages(conn, M, D, 1, [page(2, "new", "id-2b"), page(3)], fresh=True, now=utcnow()) == (1, 1, 0)
+        assert write_pages(conn, M, D, 1, [page(2, "new", "id-2b"), page(3)], direct=True, now=utcnow()) == (1, 1, 0, True)
         assert conn.exec_driver_sql(staged).scalar(), "page 2 exists: the batch went through the merge"
-    assert local(store)[2][4] == "new" and len(local(store)) == 3
+        assert write_pages(conn, M, D, 1, [page(4)], direct=False, now=utcnow()) == (1, 0, 0, False), \
+            "a second merge in one transaction sees only its own batch"
+    assert local(store)[2][4] == "new" and len(local(store)) == 4
+
+
+def test_a_first_backfill_that_met_an_existing_page_merges_from_then_on(postgres_store):
+    store = postgres_store
+    start = store.start_sync(M, D, restart=True, run_id=None)
+    store.write_batch(M, D, start, [page(1)], [], "c1")
+    assert store.write_batch(M, D, start, [page(1, "v2", "b"), page(2)], [], "c2").updated == 1
+    assert (M, D, start.generation) in store._merging, "no more COPYs bound to roll back"
+    assert store.write_batch(M, D, start, [page(3)], [], None).created == 1 and len(local(store)) == 3
+
+
+def test_the_binary_copy_matches_the_live_postgresql_columns(postgres_store):
+    """page_writes encodes each column in COPY's binary format for one type: a migration that
+    changed a type would break every write, so a change here must change the encoders too."""
+    encoded_as = {name: "text" for name in COLUMNS} | {
+        "municipality": "varchar", "document_type": "varchar", "upstream_id": "varchar", "meeting_date": "date",
+        "page_number": "int4", "sync_generation": "int4", "created_at": "timestamptz", "updated_at": "timestamptz",
+    }
+    query = "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name = 'meeting_pages'"
+    with postgres_store.engine.connect() as conn:
+        live = dict(conn.exec_driver_sql(query).all())
+    assert {name: live[name] for name in COLUMNS} == encoded_as

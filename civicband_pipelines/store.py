@@ -202,7 +202,7 @@ class MeetingStore:
                 conn.execute(self._upsert_rejections(), [_rejection_values(partition, r) for r in _dedupe_rejections(rejections)])
             counts = BatchCounts(created, updated, unchanged, len(rejections))
             if next_cursor is None:
-                counts = dataclasses.replace(counts, deleted=self._finish(conn, municipality, document_type, sync))
+                counts = dataclasses.replace(counts, deleted=self._finish(conn, municipality, document_type, sync, created))
             conn.execute(
                 _job_update(municipality, document_type).values(
                     last_cursor=next_cursor,
@@ -251,8 +251,11 @@ class MeetingStore:
             conn.execute(backfill_jobs.update().where(where).values(status="failed", last_error=error, updated_at=utcnow()))
             return settled
 
-    def _finish(self, conn: sa.Connection, municipality: str, document_type: str, sync: SyncStart) -> int:
-        """Complete the sync: remove the pages (and rejections) it covered but never saw upstream."""
+    def _finish(self, conn: sa.Connection, municipality: str, document_type: str, sync: SyncStart, created: int) -> int:
+        """Complete the sync: remove the pages (and rejections) it covered but never saw upstream.
+
+        `created`: the pages this last batch created, not yet in the job's counters.
+        """
         stale_pages = _stale(meeting_pages, municipality, document_type, sync.generation)
         if sync.window:
             stale_pages = stale_pages.where(meeting_pages.c.meeting_date.between(*sync.window))
@@ -262,9 +265,11 @@ class MeetingStore:
         done = {"status": "completed", "last_cursor": None, "finished_at": utcnow()}
         if sync.mode == "full":
             done["full_synced_at"] = done["finished_at"]
-        conn.execute(
-            _job_update(municipality, document_type).values(actual_count=self._count(conn, municipality, document_type), **done)
-        )
+        if sync.fresh:  # began empty, under the lease, deleting nothing: it holds what it created (no heap scan)
+            actual = backfill_jobs.c.pages_created + created
+        else:
+            actual = self._count(conn, municipality, document_type)
+        conn.execute(_job_update(municipality, document_type).values(actual_count=actual, **done))
         return deleted
 
     # -- reads ----------------------------------------------------------------------------------

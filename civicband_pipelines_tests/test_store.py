@@ -86,6 +86,8 @@ def test_a_resumed_first_sync_is_still_fresh(store):
     store.stop_sync(M, D, "failed", "boom")
     resumed = store.start_sync(M, D, restart=False, run_id=None)
     assert resumed.resumed and resumed.fresh and resumed.generation == start.generation
+    store.write_batch(M, D, resumed, [page(2), page(3)], [], None)
+    assert store.job(M, D)["actual_count"] == 3 == len(local(store)), "the runs' pages counted once each"
 
 
 def test_ids_and_text_no_store_can_hold_are_escaped_or_replaced_and_the_batch_lands(store):
@@ -123,6 +125,7 @@ def test_a_first_backfill_that_met_an_existing_page_merges_from_then_on(postgres
     assert store.write_batch(M, D, start, [page(1, "v2", "b"), page(2)], [], "c2").updated == 1
     assert (M, D, start.generation) in store._merging, "no more COPYs bound to roll back"
     assert store.write_batch(M, D, start, [page(3)], [], None).created == 1 and len(local(store)) == 3
+    assert store.job(M, D)["actual_count"] == 3
 
 
 def test_the_binary_copy_matches_the_live_postgresql_columns(postgres_store):

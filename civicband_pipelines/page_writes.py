@@ -63,11 +63,9 @@ def write_pages(
 def _upsert(insert):
     new = insert.excluded
     replaced = {name: new[name] for name in REPLACED}
-    # An unchanged page keeps its updated_at (only the generation says it was seen again) and its
-    # stored text: PostgreSQL then copies the compressed value instead of compressing it anew.
+    # An unchanged page keeps its updated_at: only the generation says it was seen again.
     unchanged = sa.and_(*(meeting_pages.c[name].is_not_distinct_from(new[name]) for name in COMPARED))
-    for name in ("text", "updated_at"):
-        replaced[name] = sa.case((unchanged, meeting_pages.c[name]), else_=new[name])
+    replaced["updated_at"] = sa.case((unchanged, meeting_pages.c.updated_at), else_=new.updated_at)
     return insert.on_conflict_do_update(index_elements=list(PAGE_KEY), set_=replaced)
 
 

@@ -159,10 +159,8 @@ class MeetingStore:
         """
         with self.writer.begin() as conn:
             job = self._job_row(conn, municipality, document_type)
-            if job is None:  # generations continue above any pages left from a job row now gone
-                generation = self._last_page_generation(conn, municipality, document_type)
-                conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type,
-                                                           sync_generation=generation))
+            if job is None:
+                self._insert_job(conn, municipality, document_type)
                 job = self._job_row(conn, municipality, document_type)
             values = {"status": "running", "run_id": run_id, "last_error": None, "updated_at": utcnow()}
             if job.status in ("running", "failed", "paused") and job.sync_generation > 0 and not restart:
@@ -337,7 +335,7 @@ class MeetingStore:
             values["repair_attempts"] = 0
         with self.writer.begin() as conn:
             if conn.execute(_job_update(municipality, document_type).values(**values, updated_at=utcnow())).rowcount == 0:
-                conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type, **values))
+                self._insert_job(conn, municipality, document_type, **values)
 
     def count_repair(self, municipality: str, document_type: str) -> None:
         with self.writer.begin() as conn:
@@ -364,11 +362,17 @@ class MeetingStore:
         return conn.execute(query).first()
 
     @staticmethod
-    def _last_page_generation(conn: sa.Connection, municipality: str, document_type: str) -> int:
-        query = sa.select(sa.func.coalesce(sa.func.max(meeting_pages.c.sync_generation), 0)).where(
-            *_in_partition(meeting_pages, municipality, document_type)
+    def _insert_job(conn: sa.Connection, municipality: str, document_type: str, **values) -> None:
+        """A partition's job row. Its generations continue above any pages or rejections left from a
+        job row now gone: a reused generation would let those stale rows pass as seen."""
+        generation = max(
+            conn.execute(
+                sa.select(sa.func.max(table.c.sync_generation)).where(*_in_partition(table, municipality, document_type))
+            ).scalar_one() or 0
+            for table in (meeting_pages, rejected_rows)
         )
-        return conn.execute(query).scalar_one()
+        conn.execute(backfill_jobs.insert().values(municipality=municipality, document_type=document_type,
+                                                   sync_generation=generation, **values))
 
     @staticmethod
     def _has_pages(conn: sa.Connection, municipality: str, document_type: str) -> bool:

@@ -1,6 +1,8 @@
 """Batch writes of the store, on SQLite and PostgreSQL: what goes in comes back byte for byte, and
 every batch says exactly what it created, updated and left unchanged."""
 
+import pytest
+
 from civicband_pipelines.page_writes import COLUMNS, write_pages
 from civicband_pipelines.rows import PageRecord, parse_rows
 from civicband_pipelines.schema import backfill_jobs
@@ -49,6 +51,12 @@ def test_a_batch_reports_created_updated_and_unchanged_exactly(store):
     assert after[3]["votes_json"] == '["yes"]'
 
 
+def test_the_stored_text_is_upstreams_even_when_the_id_did_not_change(store):
+    write(store, [page(1, "first OCR")])
+    write(store, [page(1, "second OCR")])  # counted unchanged (ids hash the text upstream), but stored
+    assert local(store)[1][4] == "second OCR"
+
+
 def test_the_later_of_two_rows_with_one_key_wins(store):
     counts = write(store, [page(1, "first", upstream_id="a"), page(1, "second", upstream_id="b")])
     assert (counts.created, counts.updated, counts.unchanged) == (1, 0, 0)
@@ -70,14 +78,32 @@ def test_a_first_sync_is_fresh_and_a_page_met_twice_in_it_is_updated(store):
     assert store.write_batch(M, D, resync, [page(2)], [], None).deleted == 2
 
 
-def test_a_sync_after_its_job_row_is_gone_still_removes_stale_pages(store):
+def reset_job_table(store) -> None:
+    with store.writer.begin() as conn:
+        conn.execute(backfill_jobs.delete())
+
+
+@pytest.mark.parametrize("job_row_from", ["sync", "verification"])
+def test_a_sync_after_its_job_row_is_gone_still_removes_stale_pages(store, job_row_from):
     first = store.start_sync(M, D, restart=True, run_id=None)
     store.write_batch(M, D, first, [page(1), page(2), page(3)], [], None)
-    with store.writer.begin() as conn:  # a reset of the job table
-        conn.execute(backfill_jobs.delete())
+    reset_job_table(store)
+    if job_row_from == "verification":  # the check runs first and writes a new job row
+        store.record_verification(M, D, expected=1, actual=3, passed=False, at=utcnow())
     again = store.start_sync(M, D, restart=True, run_id=None)
     assert again.generation > first.generation and not again.fresh
     assert store.write_batch(M, D, again, [page(1)], [], None).deleted == 2
+
+
+def test_a_sync_after_its_job_row_is_gone_still_removes_stale_rejections(store):
+    first = store.start_sync(M, D, restart=True, run_id=None)
+    _, rejections = parse_rows([{"id": "bad-1", "meeting": None, "date": "2024-01-15", "page": 1}])
+    store.write_batch(M, D, first, [], rejections, "c1")  # then the run dies, and the job table is reset
+    reset_job_table(store)
+    again = store.start_sync(M, D, restart=True, run_id=None)
+    assert again.generation > first.generation
+    store.write_batch(M, D, again, [page(1)], [], None)  # upstream fixed that row meanwhile
+    assert store.rejections(M, D) == []
 
 
 def test_a_resumed_first_sync_is_still_fresh(store):

@@ -62,16 +62,17 @@ class PartitionResult:
     def fetch(self) -> dict[str, dict]:
         """Per variant, the median run (by rows/s)."""
         variants = dict.fromkeys(v for r in self.rounds for v in r["fetch"])
-        return {v: _median_run([r["fetch"][v] for r in self.rounds if v in r["fetch"]]) for v in variants}
+        return {v: _median_by([r["fetch"][v] for r in self.rounds if v in r["fetch"]], lambda run: run["rows_per_second"])
+                for v in variants}
 
     @property
     def sync(self) -> dict[str, dict]:
         """Per store, the run of the round with the median ratio."""
         result = {}
         for kind in dict.fromkeys(k for r in self.rounds for k in r["sync"]):
-            rounds = sorted((r for r in self.rounds if kind in r["sync"]),
-                            key=lambda r: r["sync"][kind]["rows_per_second"] / self.round_ceiling(r))
-            result[kind] = rounds[(len(rounds) - 1) // 2]["sync"][kind]
+            rounds = [r for r in self.rounds if kind in r["sync"]]
+            median = _median_by(rounds, lambda r: r["sync"][kind]["rows_per_second"] / self.round_ceiling(r))
+            result[kind] = median["sync"][kind]
         return result
 
     def peak_rss(self, kind: str) -> float:
@@ -79,8 +80,9 @@ class PartitionResult:
         return max(r["sync"][kind]["vmhwm_mb"] for r in self.rounds if kind in r["sync"])
 
 
-def _median_run(runs: list[dict]) -> dict:
-    return sorted(runs, key=lambda run: run["rows_per_second"])[(len(runs) - 1) // 2]
+def _median_by(items: list, key):
+    """The item of median `key` (the lower one of the middle two, as statistics.median_low)."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
 
 
 @dataclass(frozen=True)
@@ -155,19 +157,19 @@ def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Mun
     common_args = ["--base-url", base_url, "--municipality", muni.subdomain]
     for number in range(repeat):
         log(f"  round {number + 1} of {repeat}")
+        first = number == 0
         measured: dict = {"fetch": {}, "sync": {}}
         for label in fetch_variants:
-            if number and label in FIRST_ROUND_ONLY:
+            if not first and label in FIRST_ROUND_ONLY:
                 continue
             fetch = measured["fetch"][label] = run_child(servers, "fetch", *common_args, *FETCH_VARIANTS[label],
                                                          busy=label == BUSY_VARIANT)
             log(f"    fetch {label}: {fetch['rows_per_second']:.0f} rows/s")
         for kind in STORES:
-            first = number == 0
             measured["sync"][kind] = measure_sync(servers, common_args, stores, kind, sync_timeout, muni, base_url, log,
                                                   verify=result.verify if first else None,
                                                   resync=result.resync if first else None)
-            if naive_rows and number == 0:
+            if naive_rows and first:
                 result.naive[kind] = measure_naive(servers, common_args, stores, kind, naive_rows)
                 log(f"    naive {kind}: {result.naive[kind]['rows_per_second']:.0f} rows/s")
         result.rounds.append(measured)

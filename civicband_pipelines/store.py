@@ -254,19 +254,18 @@ class MeetingStore:
 
         `created`: the pages this last batch created, not yet in the job's counters.
         """
-        stale_pages = _stale(meeting_pages, municipality, document_type, sync.generation)
-        if sync.window:
-            stale_pages = stale_pages.where(meeting_pages.c.meeting_date.between(*sync.window))
-        else:
+        if not sync.window:
             conn.execute(_stale(rejected_rows, municipality, document_type, sync.generation))
-        deleted = 0 if sync.fresh else conn.execute(stale_pages).rowcount  # fresh: spare a scan of the partition
+        if sync.fresh:  # began empty, under the lease: nothing is stale, and it holds what it created
+            deleted, actual = 0, backfill_jobs.c.pages_created + created  # no scan of the partition
+        else:
+            stale_pages = _stale(meeting_pages, municipality, document_type, sync.generation)
+            if sync.window:
+                stale_pages = stale_pages.where(meeting_pages.c.meeting_date.between(*sync.window))
+            deleted, actual = conn.execute(stale_pages).rowcount, self._count(conn, municipality, document_type)
         done = {"status": "completed", "last_cursor": None, "finished_at": utcnow()}
         if sync.mode == "full":
             done["full_synced_at"] = done["finished_at"]
-        if sync.fresh:  # began empty, under the lease, deleting nothing: it holds what it created (no heap scan)
-            actual = backfill_jobs.c.pages_created + created
-        else:
-            actual = self._count(conn, municipality, document_type)
         conn.execute(_job_update(municipality, document_type).values(actual_count=actual, **done))
         return deleted
 

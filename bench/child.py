@@ -4,7 +4,8 @@
   child.py sync   --base-url T --municipality M --store URL
   child.py naive  --base-url T --municipality M --store URL --rows N
 
-Everything pages the `agenda` table with batches of 1000. Only the measured loop is timed:
+Everything pages the `agenda` table in pages of 1000 rows; the sync commits batches of the asset's
+default size (sync.DEFAULT_BATCH_SIZE rows: 4 such pages). Only the measured loop is timed:
 imports, store creation (migrations) and, for `naive`, fetching its input rows are not.
 """
 
@@ -18,12 +19,12 @@ import time
 import common  # noqa: F401  (puts the repo on sys.path)
 from common import cpu_seconds, peak_rss_mb
 
-from civicband_pipelines.client import CivicBandClient
+from civicband_pipelines.client import MAX_PAGE_SIZE, CivicBandClient
 from civicband_pipelines.config import ClientSettings
 from civicband_pipelines.rows import PageRecord, parse_rows
 
 DOCUMENT_TYPE = "agenda"
-BATCH = 1000
+PAGE = MAX_PAGE_SIZE  # rows per request (civic.band's maximum)
 
 
 class Timed:
@@ -49,9 +50,9 @@ def measure_fetch(args) -> dict:
 
     client = client_for(args.base_url)
     if args.prefetch:
-        pages = prefetched_pages(client, args.municipality, DOCUMENT_TYPE, BATCH)
+        pages = prefetched_pages(client, args.municipality, DOCUMENT_TYPE, PAGE)
     else:
-        pages = client.iter_pages(args.municipality, DOCUMENT_TYPE, BATCH)
+        pages = client.iter_pages(args.municipality, DOCUMENT_TYPE, PAGE)
     rows = rejected = 0
     with Timed() as timed:
         for page in pages:
@@ -68,7 +69,7 @@ def measure_sync(args) -> dict:
     before = peak_rss_mb()["vmrss_mb"]
     with Timed() as timed:
         store.started = time.perf_counter()
-        result = sync_partition(client, store, args.municipality, DOCUMENT_TYPE, batch_size=BATCH, restart=True)
+        result = sync_partition(client, store, args.municipality, DOCUMENT_TYPE, restart=True)  # the asset's batch size
     return {"rows": result.fetched, "created": result.created, "updated": result.updated, "unchanged": result.unchanged,
             "deleted": result.deleted, "status": result.status, "rss_before_sync_mb": before, **timed.result()}
 
@@ -103,7 +104,7 @@ def measure_naive(args) -> dict:
 def first_records(client: CivicBandClient, municipality: str, n: int) -> list[dict]:
     """The first n pages as the column values an ORM would be given (the date as a date)."""
     records: list[PageRecord] = []
-    for page in client.iter_pages(municipality, DOCUMENT_TYPE, BATCH):
+    for page in client.iter_pages(municipality, DOCUMENT_TYPE, PAGE):
         records += parse_rows(page.rows)[0]
         if len(records) >= n:
             break

@@ -44,7 +44,10 @@ class PartitionResult:
 
     @staticmethod
     def round_ceiling(measured: dict) -> float:
-        return max(measured["fetch"][v]["rows_per_second"] for v in CEILING_VARIANTS)
+        """The faster ceiling variant, each the mean of its runs before and after the round's syncs."""
+        return max(statistics.mean(measured[when][v]["rows_per_second"] for when in ("fetch", "fetch_after")
+                                   if v in measured.get(when, {}))
+                   for v in CEILING_VARIANTS)
 
     @property
     def ceiling(self) -> float:
@@ -60,10 +63,13 @@ class PartitionResult:
 
     @property
     def fetch(self) -> dict[str, dict]:
-        """Per variant, the median run (by rows/s)."""
-        variants = dict.fromkeys(v for r in self.rounds for v in r["fetch"])
-        return {v: _median_by([r["fetch"][v] for r in self.rounds if v in r["fetch"]], lambda run: run["rows_per_second"])
-                for v in variants}
+        """Per variant, the median run (by rows/s), before and after the syncs."""
+        runs: dict[str, list[dict]] = {}
+        for r in self.rounds:
+            for when in ("fetch", "fetch_after"):
+                for variant, run in r.get(when, {}).items():
+                    runs.setdefault(variant, []).append(run)
+        return {v: _median_by(vruns, lambda run: run["rows_per_second"]) for v, vruns in runs.items()}
 
     @property
     def sync(self) -> dict[str, dict]:
@@ -153,45 +159,54 @@ def busy_core():
 
 def measure_partition(base_url: str, servers: Servers, stores: Stores, muni: Municipality, naive_rows: int | None,
                       sync_timeout: float, log, fetch_variants=tuple(FETCH_VARIANTS), repeat: int = 1) -> PartitionResult:
+    """`repeat` rounds of: the fetch variants, a sync per store, the ceiling variants again (so drift during
+    the round cancels out); the first round then measures verification, a re-sync and the naive upserts."""
     result = PartitionResult(muni)
     common_args = ["--base-url", base_url, "--municipality", muni.subdomain]
+
+    def fetch(label: str) -> dict:
+        run = run_child(servers, "fetch", *common_args, *FETCH_VARIANTS[label], busy=label == BUSY_VARIANT)
+        log(f"    fetch {label}: {run['rows_per_second']:.0f} rows/s")
+        return run
+
     for number in range(repeat):
         log(f"  round {number + 1} of {repeat}")
         first = number == 0
-        measured: dict = {"fetch": {}, "sync": {}}
+        measured: dict = {"fetch": {}, "sync": {}, "fetch_after": {}}
         for label in fetch_variants:
-            if not first and label in FIRST_ROUND_ONLY:
-                continue
-            fetch = measured["fetch"][label] = run_child(servers, "fetch", *common_args, *FETCH_VARIANTS[label],
-                                                         busy=label == BUSY_VARIANT)
-            log(f"    fetch {label}: {fetch['rows_per_second']:.0f} rows/s")
-        for kind in STORES:
-            measured["sync"][kind] = measure_sync(servers, common_args, stores, kind, sync_timeout, muni, base_url, log,
-                                                  verify=result.verify if first else None,
-                                                  resync=result.resync if first else None)
-            if naive_rows and first:
-                result.naive[kind] = measure_naive(servers, common_args, stores, kind, naive_rows)
-                log(f"    naive {kind}: {result.naive[kind]['rows_per_second']:.0f} rows/s")
+            if first or label not in FIRST_ROUND_ONLY:
+                measured["fetch"][label] = fetch(label)
+        urls = {kind: stores.fresh(kind, "sync") for kind in STORES}
+        try:
+            for kind, url in urls.items():
+                measured["sync"][kind] = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
+                log(f"    sync {kind}: {_summary(measured['sync'][kind])}")
+            for label in CEILING_VARIANTS:
+                if label in fetch_variants:
+                    measured["fetch_after"][label] = fetch(label)
+            if first:
+                _first_round_extras(result, servers, common_args, stores, urls, measured["sync"], naive_rows,
+                                    sync_timeout, base_url, log)
+        finally:
+            for url in urls.values():
+                stores.drop(url)
         result.rounds.append(measured)
     return result
 
 
-def measure_sync(servers: Servers, common_args: list[str], stores: Stores, kind: str, sync_timeout: float,
-                 muni: Municipality, base_url: str, log, verify: dict | None = None, resync: dict | None = None) -> dict:
-    """One sync into a fresh store (a first backfill). With `verify`, the cost of verifying it goes there;
-    with `resync`, a second full sync of the same partition (every page unchanged)."""
-    url = stores.fresh(kind, "sync")
-    try:
-        sync = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
-        log(f"    sync {kind}: {_summary(sync)}")
-        if verify is not None and not sync["timed_out"]:
-            verify[kind] = measure_verification(base_url, url, muni)
-        if resync is not None and not sync["timed_out"]:
-            resync[kind] = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
-            log(f"    re-sync {kind}: {_summary(resync[kind])}")
-        return sync
-    finally:
-        stores.drop(url)
+def _first_round_extras(result: PartitionResult, servers: Servers, common_args: list[str], stores: Stores,
+                        urls: dict[str, str], syncs: dict[str, dict], naive_rows: int | None, sync_timeout: float,
+                        base_url: str, log) -> None:
+    """Per store: the cost of verifying what the sync wrote, a second full sync of the same partition
+    (every page unchanged), and the naive per-row upserts."""
+    for kind, url in urls.items():
+        if not syncs[kind]["timed_out"]:
+            result.verify[kind] = measure_verification(base_url, url, result.municipality)
+            result.resync[kind] = run_child(servers, "sync", *common_args, "--store", url, timeout=sync_timeout)
+            log(f"    re-sync {kind}: {_summary(result.resync[kind])}")
+        if naive_rows:
+            result.naive[kind] = measure_naive(servers, common_args, stores, kind, naive_rows)
+            log(f"    naive {kind}: {result.naive[kind]['rows_per_second']:.0f} rows/s")
 
 
 def _summary(sync: dict) -> str:

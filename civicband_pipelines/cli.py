@@ -15,6 +15,7 @@ from .leases import active_lease, refusal, settle_dead_syncs
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
+from .sync import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
 RESUMABLE = ("failed", "paused")
 WAIT_FOREVER = 7 * 24 * 3600.0
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", help="sync partitions of meeting_pages in the foreground")
     backfill.add_argument("--subdomain", required=True, help="a municipality such as oakland.ca, or 'all'")
     backfill.add_argument("--document-type", choices=DOCUMENT_TYPES, help="default: both")
-    backfill.add_argument("--batch-size", type=int, default=1000, help="rows per request and commit (1-1000)")
+    backfill.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                          help=f"rows per commit, fetched in pages of at most 1000 (1-{MAX_BATCH_SIZE}; default {DEFAULT_BATCH_SIZE})")
     mode = backfill.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed or was paused")
     mode.add_argument("--restart", action="store_true", help="ignore saved cursors and start new full syncs")
@@ -80,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 def _backfill(args: argparse.Namespace) -> int:
     if args.verify_only:
         return _verify(args)
-    if not 1 <= args.batch_size <= 1000:
-        print("error: --batch-size must be between 1 and 1000", file=sys.stderr)
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        print(f"error: --batch-size must be between 1 and {MAX_BATCH_SIZE}", file=sys.stderr)
         return 2
     instance, store = dagster_instance(), open_store(database_url_from_env())
     partitions = _partitions(instance, args)

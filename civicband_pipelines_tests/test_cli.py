@@ -105,8 +105,8 @@ def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
     assert unknown.returncode == 2 and "no such municipality on civic.band: 'nowhere.zz'" in unknown.stderr
     invalid = civicband(cli_env, "backfill", "--subdomain=evil.com/../x")
     assert invalid.returncode == 2 and "invalid subdomain" in invalid.stderr
-    too_big = civicband(cli_env, "backfill", "--subdomain=all", "--batch-size=1001")
-    assert too_big.returncode == 2 and "--batch-size" in too_big.stderr
+    too_big = civicband(cli_env, "backfill", "--subdomain=all", "--batch-size=10001")
+    assert too_big.returncode == 2 and "--batch-size must be between 1 and 10000" in too_big.stderr
 
 
 def test_verify_reports_missing_pages_and_exit_code(cli_env, store, replica_root, municipality):

@@ -1,6 +1,7 @@
 """The sync engine over real HTTP against the Datasette replica, on SQLite and PostgreSQL."""
 
 import threading
+import urllib.parse
 
 import pytest
 
@@ -10,7 +11,7 @@ from civicband_pipelines.replica.generate import ODD_ROW_REASONS, delete_documen
 from civicband_pipelines.rows import storable_id
 from civicband_pipelines.sync import PREFETCH_PAGES, prefetched_pages, sync_partition
 
-from .conftest import wait_until
+from .conftest import make_municipality, wait_until
 from .upstream import assert_equals_upstream, expected_rejections, replica_db, upstream_rows
 
 
@@ -124,6 +125,59 @@ def test_restart_ignores_the_saved_cursor(client, store, replica, replica_root, 
     assert result.resumed_from is None
     assert result.fetched == len(upstream_rows(replica_root, municipality, "agenda"))
     assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def _page_sizes(replica, subdomain: str) -> list[int]:
+    """The `_size` of every table page the replica was asked for, for this municipality."""
+    pages = [p for p in replica.fault_stats()["table_page_requests"] if p.get("subdomain") == subdomain]
+    return [int(urllib.parse.parse_qs(p["query"])["_size"][0]) for p in pages]
+
+
+class _CountingLog:
+    def __init__(self):
+        self.batches = 0
+
+    def info(self, message, *args):
+        self.batches += message.startswith("%s/%s: batch")
+
+
+def test_a_batch_above_1000_rows_is_fetched_in_even_pages_and_committed_once(client, store, replica, replica_root):
+    big = make_municipality(replica_root, documents=250, pages=(10, 10))  # 2,500 pages a type
+    log = _CountingLog()
+    result = sync_partition(client, store, big, "agenda", batch_size=1500, log=log)
+    assert (result.status, result.fetched, result.batches, log.batches) == ("completed", 2500, 2, 2)
+    assert set(_page_sizes(replica, big)) == {750}, "1,500 rows a commit = 2 requests of 750 (civic.band's limit is 1,000)"
+    assert_equals_upstream(store, replica_root, big, "agenda")
+    job = store.job(big, "agenda")
+    assert (job["status"], job["pages_fetched"], job["pages_created"]) == ("completed", 2500, 2500)
+
+
+def test_a_fetch_failing_inside_a_batch_commits_the_pages_before_it(client, store, replica, replica_root):
+    big = make_municipality(replica_root, documents=250, pages=(10, 10))
+
+    def break_after_first_page(response):  # the proxy fails every request after the first page
+        if "/meetings/agendas.json" in str(response.request.url):
+            replica.set_faults(rate=1.0, kinds=["error_500"])
+
+    client._http.event_hooks["response"].append(break_after_first_page)
+    with pytest.raises(Exception, match="HTTP 500"):
+        sync_partition(client, store, big, "agenda", batch_size=3000)
+    job = store.job(big, "agenda")
+    assert job["status"] == "failed" and job["last_cursor"], "the first page was committed with its cursor"
+    assert job["pages_fetched"] == 1000 == store.count_pages(big, "agenda")
+
+    client._http.event_hooks["response"].clear()
+    replica.clear_faults()
+    resumed = sync_partition(client, store, big, "agenda", batch_size=3000)
+    assert (resumed.resumed_from, resumed.fetched) == (job["last_cursor"], 1500)
+    assert_equals_upstream(store, replica_root, big, "agenda")
+
+
+def test_batch_size_is_bounded(client, store, municipality):
+    for size in (0, 10_001):
+        with pytest.raises(ValueError, match="between 1 and 10000"):
+            sync_partition(client, store, municipality, "agenda", batch_size=size)
+    assert store.job(municipality, "agenda") is None, "nothing started"
 
 
 def test_prefetch_runs_a_bounded_way_ahead_and_stops_when_closed(client, replica, municipality):

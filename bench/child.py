@@ -5,7 +5,7 @@
   child.py naive  --base-url T --municipality M --store URL --rows N
 
 Everything pages the `agenda` table in pages of 1000 rows; the sync commits batches of the asset's
-default size (sync.DEFAULT_BATCH_SIZE rows: 4 such pages). Only the measured loop is timed:
+default size (MeetingStore.batch_size: 4 such pages on SQLite, 1 on PostgreSQL). Only the measured loop is timed:
 imports, store creation (migrations) and, for `naive`, fetching its input rows are not.
 """
 

@@ -15,7 +15,7 @@ from .leases import active_lease, refusal, settle_dead_syncs
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
-from .sync import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
+from .sync import MAX_BATCH_SIZE
 
 RESUMABLE = ("failed", "paused")
 WAIT_FOREVER = 7 * 24 * 3600.0
@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", help="sync partitions of meeting_pages in the foreground")
     backfill.add_argument("--subdomain", required=True, help="a municipality such as oakland.ca, or 'all'")
     backfill.add_argument("--document-type", choices=DOCUMENT_TYPES, help="default: both")
-    backfill.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                          help=f"rows per commit, fetched in pages of at most 1000 (1-{MAX_BATCH_SIZE}; default {DEFAULT_BATCH_SIZE})")
+    backfill.add_argument("--batch-size", type=int, help=f"rows per commit, fetched in pages of at most 1000 "
+                          f"(1-{MAX_BATCH_SIZE}; default 4000 on SQLite, 1000 on PostgreSQL)")
     mode = backfill.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed or was paused")
     mode.add_argument("--restart", action="store_true", help="ignore saved cursors and start new full syncs")
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def _backfill(args: argparse.Namespace) -> int:
     if args.verify_only:
         return _verify(args)
-    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH_SIZE:
         print(f"error: --batch-size must be between 1 and {MAX_BATCH_SIZE}", file=sys.stderr)
         return 2
     instance, store = dagster_instance(), open_store(database_url_from_env())
@@ -95,7 +95,9 @@ def _backfill(args: argparse.Namespace) -> int:
     if not all([_until_free(store, m, args.wait) for m in dict.fromkeys(m for m, _ in partitions)]):
         return 3
     # With --wait, each partition's sync also waits for the lease: a queued run may take it in between.
-    sync_config = {"batch_size": args.batch_size, "restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
+    sync_config = {"restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
+    if args.batch_size is not None:  # else the store's default
+        sync_config["batch_size"] = args.batch_size
     failed, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
     _print_jobs(partitions)
     print("\n".join(verifications))

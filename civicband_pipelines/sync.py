@@ -15,9 +15,8 @@ from .naming import validate_document_type, validate_subdomain
 from .rows import PageRecord, Rejection, parse_rows
 from .store import BatchCounts, MeetingStore
 
-# Rows per commit (a checkpoint), fetched in pages of at most MAX_PAGE_SIZE: fewer, larger commits
-# write each index page a random key lands on once per batch rather than once per page (bench/README.md).
-DEFAULT_BATCH_SIZE = 4000
+# A batch (rows per commit, a checkpoint) is fetched in pages of at most MAX_PAGE_SIZE; by default
+# it is the store's MeetingStore.batch_size.
 MAX_BATCH_SIZE = 10_000  # the batch is held in memory until its commit
 DEFAULT_WINDOW_DAYS = 180  # incremental syncs cover meeting dates within this many days of today
 MODES = ("full", "incremental")
@@ -75,7 +74,7 @@ def sync_partition(
     municipality: str,
     document_type: str,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     restart: bool = False,
     mode: str = "full",
     window_days: int = DEFAULT_WINDOW_DAYS,
@@ -93,11 +92,12 @@ def sync_partition(
     are removed, so the partition ends equal to upstream. Past `time_budget` seconds the sync stops
     at a checkpoint with status `paused` (a sensor chains a continuation run). Holds the
     municipality's lease throughout: waits up to `lease_wait` seconds while another sync has it, then
-    raises MunicipalityBusy. Each batch of `batch_size` rows (fetched in pages of at most
-    MAX_PAGE_SIZE) is committed with the cursor after it.
+    raises MunicipalityBusy. Each batch of `batch_size` rows (default: the store's; fetched in pages
+    of at most MAX_PAGE_SIZE) is committed with the cursor after it.
     """
     validate_subdomain(municipality)
     validate_document_type(document_type)
+    batch_size = store.batch_size if batch_size is None else batch_size
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
     if mode not in MODES:

@@ -16,8 +16,8 @@ def test_a_killed_run_is_retried_and_resumes_at_its_checkpoint(dagster_stack, re
     total = len(upstream_rows(replica_root, municipality, "agenda"))
     replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.5, path_contains="/agendas.json")
     stack.send_webhook(municipality, {"name": "Retry Town", "pages": 1}, expect_action="created")
-    # ~10,000 agenda rows: 10 slow pages of 1000, committed in batches of 4000 (the default). Kill the
-    # run's process (the lease names it) as soon as its first batch is durable.
+    # ~10,000 agenda rows: 10 slow pages of 1000, committed in batches of 4000 (SQLite's default) or
+    # 1000 (PostgreSQL's). Kill the run's process (the lease names it) once its first batch is durable.
     job = stack.wait_for(lambda: (j := stack.store.job(municipality, "agenda")) and j["pages_fetched"] > 0 and j, "a first batch", 300)
     lease = stack.store.lease(municipality)
     first_run = lease["run_id"]

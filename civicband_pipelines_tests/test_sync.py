@@ -194,3 +194,11 @@ def test_prefetch_runs_a_bounded_way_ahead_and_stops_when_closed(client, replica
     thread.join(timeout=10)
     assert not thread.is_alive(), "closing the pages stops the prefetch thread"
     assert requested() == 2 + PREFETCH_PAGES, "no page fetched after the consumer left"
+
+
+def test_the_default_batch_is_the_stores(client, store, replica, replica_root):
+    big = make_municipality(replica_root, documents=250, pages=(10, 10))
+    result = sync_partition(client, store, big, "agenda")
+    expected = {"sqlite": 4000, "postgresql": 1000}[store.engine.dialect.name]
+    assert store.batch_size == expected
+    assert result.batches == -(-2500 // expected) and set(_page_sizes(replica, big)) == {1000}

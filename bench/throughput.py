@@ -46,7 +46,7 @@ class PartitionResult:
     def round_ceiling(measured: dict) -> float:
         """The faster ceiling variant, each the mean of its runs before and after the round's syncs."""
         return max(statistics.mean(measured[when][v]["rows_per_second"] for when in ("fetch", "fetch_after")
-                                   if v in measured.get(when, {}))
+                                   if v in measured[when])
                    for v in CEILING_VARIANTS)
 
     @property
@@ -67,7 +67,7 @@ class PartitionResult:
         runs: dict[str, list[dict]] = {}
         for r in self.rounds:
             for when in ("fetch", "fetch_after"):
-                for variant, run in r.get(when, {}).items():
+                for variant, run in r[when].items():
                     runs.setdefault(variant, []).append(run)
         return {v: _median_by(vruns, lambda run: run["rows_per_second"]) for v, vruns in runs.items()}
 

@@ -147,14 +147,17 @@ class Batch:
     """Consecutive upstream pages, parsed, to be committed together with the cursor after the last."""
 
     pages: int = 0
-    rows: int = 0
     records: list[PageRecord] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     next_cursor: str | None = None
 
+    @property
+    def rows(self) -> int:  # each upstream row became a record or a rejection
+        return len(self.records) + len(self.rejections)
+
     def add(self, page: Page) -> None:
         records, rejections = parse_rows(page.rows)  # while the prefetch thread waits for upstream
-        self.pages, self.rows = self.pages + 1, self.rows + len(page.rows)
+        self.pages += 1
         self.records += records
         self.rejections += rejections
         self.next_cursor = page.next_cursor

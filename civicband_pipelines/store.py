@@ -69,9 +69,18 @@ def create_store_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+# Page cache of a connection (KiB; SQLite's default is 2 MB), filled only as pages are touched. A
+# sync's writes touch its partition's page-key index at random (33 MB at 550,000 pages) next to the
+# batch's new rows; with less, SQLite spills dirty index pages before the commit and writes them
+# again (bench/README.md). Readers keep less, since a process may pool several connections.
+_WRITER_CACHE_KIB, _READER_CACHE_KIB = 65_536, 16_384
+
+
 def _sqlite_begin(conn: sa.Connection) -> None:
+    writer = conn.get_execution_options().get("writer")
+    conn.exec_driver_sql(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB if writer else _READER_CACHE_KIB}")
     # Writers take the lock at BEGIN: deferred transactions that upgrade later fail under load.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:
@@ -82,7 +91,6 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")  # readers (UI, checks) never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA wal_autocheckpoint=1000")  # pages: 64 MB of WAL between checkpoints
-    cursor.execute("PRAGMA cache_size=-16384")  # 16 MB a connection (default 2): index pages a big sync keeps touching
     cursor.close()
 
 
@@ -102,7 +110,8 @@ class MeetingStore:
         """Rows a sync commits at a time unless told otherwise, as measured best (bench/README.md).
 
         SQLite: 4000, since a commit writes every index page the batch's keys landed on, and they land
-        at random; fewer, larger commits write each such page once for several keys. PostgreSQL: 1000
+        at random; fewer, larger commits write each such page once for several keys, but the last
+        batch is written after the last fetch, so larger ones slow small partitions. PostgreSQL: 1000
         (civic.band's page), since its commits are cheap and larger batches measured slower.
         """
         return 1000 if self.engine.dialect.name == "postgresql" else 4000

@@ -123,7 +123,9 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
     municipality, document_type = result.municipality, result.document_type
     pages_per_batch = -(-batch_size // MAX_PAGE_SIZE)
     page_size = -(-batch_size // pages_per_batch)  # 4000 -> 4 pages of 1000, 1500 -> 2 of 750
-    pages = prefetched_pages(client, municipality, document_type, page_size, start.cursor, start.filters)
+    # A batch's worth of pages ahead: upstream keeps answering while the previous batch commits.
+    depth = max(PREFETCH_PAGES, pages_per_batch)
+    pages = prefetched_pages(client, municipality, document_type, page_size, start.cursor, start.filters, depth)
     try:
         with contextlib.closing(pages):  # the prefetch thread stops however this ends
             out_of_time = _land(_batches(pages, pages_per_batch), store, start, result, time_budget, log)
@@ -198,20 +200,20 @@ def _window(days: int) -> tuple[dt.date, dt.date]:
     return today - dt.timedelta(days=days), today + dt.timedelta(days=days)
 
 
-PREFETCH_PAGES = 3  # fetched pages queued for the writer (~3 MB each); the thread holds one more while it waits
+PREFETCH_PAGES = 3  # default pages queued for the caller (~3 MB each); the thread holds one more while it waits
 
 
 def prefetched_pages(
     client: CivicBandClient, municipality: str, document_type: str, size: int, cursor: str | None = None,
-    filters: dict | None = None,
+    filters: dict | None = None, depth: int = PREFETCH_PAGES,
 ) -> Iterator[Page]:
     """The pages from `cursor` on, in order, fetched by a thread that asks for each page as soon as it
     has the cursor: upstream never waits for what the caller does with them, as long as the caller
-    keeps up (the thread runs at most PREFETCH_PAGES + 1 pages ahead of it). A fetch that fails is
-    raised here after the pages before it. Closing the generator stops the thread once its current
-    request (with its retries) is done.
+    keeps up (the thread runs at most `depth` + 1 pages ahead of it). A fetch that fails is raised
+    here after the pages before it. Closing the generator stops the thread once its current request
+    (with its retries) is done.
     """
-    fetched: queue.Queue = queue.Queue(maxsize=PREFETCH_PAGES)
+    fetched: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def fetch_all(cursor: str | None) -> None:

@@ -165,3 +165,19 @@ def test_the_binary_copy_matches_the_live_postgresql_columns(postgres_store):
     with postgres_store.engine.connect() as conn:
         live = dict(conn.exec_driver_sql(query).all())
     assert {name: live[name] for name in COLUMNS} == encoded_as
+
+
+def test_sqlite_writers_cache_a_big_partitions_page_key_index_and_readers_less(tmp_path):
+    from civicband_pipelines.store import MeetingStore
+
+    store = MeetingStore(f"sqlite:///{tmp_path / 'meetings.db'}")
+    try:
+        cache_kib = lambda connection: -connection.exec_driver_sql("PRAGMA cache_size").scalar()  # noqa: E731
+        with store.engine.connect() as conn:  # one pooled connection, used both ways
+            assert cache_kib(conn) == 16_384
+        with store.writer.begin() as conn:
+            assert cache_kib(conn) == 65_536
+        with store.engine.connect() as conn:
+            assert cache_kib(conn) == 16_384, "a reader gives the writer's cache back"
+    finally:
+        store.dispose()

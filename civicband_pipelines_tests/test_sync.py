@@ -180,25 +180,51 @@ def test_batch_size_is_bounded(client, store, municipality):
     assert store.job(municipality, "agenda") is None, "nothing started"
 
 
-def test_prefetch_runs_a_bounded_way_ahead_and_stops_when_closed(client, replica, municipality):
+@pytest.mark.parametrize("depth", [None, 7])
+def test_prefetch_runs_a_bounded_way_ahead_and_stops_when_closed(client, replica, municipality, depth):
     def requested() -> int:  # table pages of this municipality the replica was asked for
         return sum(p.get("subdomain") == municipality for p in replica.fault_stats()["table_page_requests"])
 
     before = set(threading.enumerate())
-    pages = prefetched_pages(client, municipality, "agenda", 10)
+    pages = prefetched_pages(client, municipality, "agenda", 10, **({"depth": depth} if depth else {}))
     assert next(pages).next_cursor, "the partition has many pages of 10"
     (thread,) = set(threading.enumerate()) - before
     # The consumer holds page 1: the thread fills the queue, fetches one more page and waits with it.
-    wait_until(lambda: requested() == 2 + PREFETCH_PAGES, timeout=30, what="the prefetch to run ahead")
+    ahead = 2 + (depth or PREFETCH_PAGES)
+    wait_until(lambda: requested() == ahead, timeout=30, what="the prefetch to run ahead")
     pages.close()
     thread.join(timeout=10)
     assert not thread.is_alive(), "closing the pages stops the prefetch thread"
-    assert requested() == 2 + PREFETCH_PAGES, "no page fetched after the consumer left"
+    assert requested() == ahead, "no page fetched after the consumer left"
+
+
+class _HoldAfterFirstBatch:
+    """A log that, once the first batch has landed, holds the sync until `condition()` holds."""
+
+    def __init__(self, condition):
+        self.condition, self.held = condition, False
+
+    def info(self, message, *args):
+        if message.startswith("%s/%s: batch") and not self.held:
+            self.held = True
+            wait_until(self.condition, timeout=30, what="the prefetch to run a batch ahead")
+
+
+def test_the_fetch_runs_a_whole_batch_ahead_of_the_writes(client, store, replica, replica_root):
+    big = make_municipality(replica_root, documents=1500, pages=(10, 10), text_chars=200)  # 15 pages of 1000
+    requested = lambda: len(_page_sizes(replica, big))  # noqa: E731
+    # While batch 1 (5 pages) is held, the thread fetches batch 2 (5 pages) and one more, and waits
+    # with it: with only PREFETCH_PAGES of room it would stop 2 pages short.
+    log = _HoldAfterFirstBatch(lambda: requested() == 5 + 5 + 1)
+    result = sync_partition(client, store, big, "agenda", batch_size=5000, log=log)
+    assert log.held and (result.status, result.batches) == ("completed", 3)
+    assert_equals_upstream(store, replica_root, big, "agenda")
 
 
 def test_the_default_batch_is_the_stores(client, store, replica, replica_root):
-    big = make_municipality(replica_root, documents=250, pages=(10, 10))
+    big = make_municipality(replica_root, documents=1100, pages=(10, 10), text_chars=200)
     result = sync_partition(client, store, big, "agenda")
     expected = {"sqlite": 4000, "postgresql": 1000}[store.engine.dialect.name]
     assert store.batch_size == expected
-    assert result.batches == -(-2500 // expected) and set(_page_sizes(replica, big)) == {1000}
+    assert result.batches == -(-11_000 // expected) and set(_page_sizes(replica, big)) == {1000}
+    assert_equals_upstream(store, replica_root, big, "agenda")

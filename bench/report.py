@@ -15,6 +15,8 @@ import sqlalchemy as sa
 import fleet as fleet_module
 from throughput import BUSY_VARIANT
 
+from civicband_pipelines.store import DEFAULT_BATCH_SIZES
+
 TARGET_CEILING_RATIO = 0.9
 TARGET_NAIVE_RATIO = 10.0
 TARGET_RSS_GROWTH_MB = 50.0
@@ -120,7 +122,8 @@ def method_section() -> str:
         "the syncs (so drift within the round cancels out), and the tables show the median round (the ratios of all "
         "rounds in brackets).\n"
         "- **Sync**: `sync_partition` with the asset's default batch size (`MeetingStore.batch_size` rows a commit: "
-        "4000 on SQLite, 1000 on PostgreSQL; fetched as pages of 1000) into a fresh store (new SQLite file / new PostgreSQL "
+        f"{DEFAULT_BATCH_SIZES['sqlite']} on SQLite, {DEFAULT_BATCH_SIZES['postgresql']} on PostgreSQL; fetched as "
+        "pages of 1000) into a fresh store (new SQLite file / new PostgreSQL "
         "database): a first backfill, all pages are created. **Re-sync**: the same again into the filled store.\n"
         "- **Naive**: the replaced Django app's approach on the first N rows (pre-fetched and parsed, so only "
         "the writes are timed, which favours it): per row, SELECT by (municipality, type, meeting, date, page), "

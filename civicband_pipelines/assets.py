@@ -12,7 +12,7 @@ from .partitions import meeting_page_partitions, split_partition_key
 from .leases import MunicipalityBusy
 from .naming import TABLES, InvalidSubdomain
 from .resources import CivicBandResource, MeetingStoreResource
-from .sync import DEFAULT_WINDOW_DAYS, MAX_BATCH_SIZE, SyncResult, sync_partition
+from .sync import BATCH_SIZE_HELP, DEFAULT_WINDOW_DAYS, MAX_BATCH_SIZE, SyncResult, sync_partition
 
 # Runs are queued one per municipality, so the lease is only ever busy because of a sync outside the
 # queue (the CLI): wait for it rather than fail.
@@ -21,10 +21,7 @@ TRIGGER_TAG = "civicband/trigger"  # cli / webhook / repair / continuation; UI l
 
 
 class SyncConfig(dg.Config):
-    batch_size: int | None = pydantic.Field(
-        None, ge=1, le=MAX_BATCH_SIZE,
-        description="Rows per commit (checkpoint), fetched in pages of at most 1000. Default: 4000 on SQLite, 1000 on PostgreSQL.",
-    )
+    batch_size: int | None = pydantic.Field(None, ge=1, le=MAX_BATCH_SIZE, description=BATCH_SIZE_HELP)
     restart: bool = pydantic.Field(False, description="Ignore the saved cursor and start a new sync.")
     mode: Literal["full", "incremental"] = pydantic.Field(
         "full", description="full: the whole table; incremental: meeting dates within window_days of today."

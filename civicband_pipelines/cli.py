@@ -15,7 +15,7 @@ from .leases import active_lease, refusal, settle_dead_syncs
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
-from .sync import MAX_BATCH_SIZE
+from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 
 RESUMABLE = ("failed", "paused")
 WAIT_FOREVER = 7 * 24 * 3600.0
@@ -40,8 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", help="sync partitions of meeting_pages in the foreground")
     backfill.add_argument("--subdomain", required=True, help="a municipality such as oakland.ca, or 'all'")
     backfill.add_argument("--document-type", choices=DOCUMENT_TYPES, help="default: both")
-    backfill.add_argument("--batch-size", type=int, help=f"rows per commit, fetched in pages of at most 1000 "
-                          f"(1-{MAX_BATCH_SIZE}; default 4000 on SQLite, 1000 on PostgreSQL)")
+    backfill.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
     mode = backfill.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed or was paused")
     mode.add_argument("--restart", action="store_true", help="ignore saved cursors and start new full syncs")

@@ -94,6 +94,14 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+# Rows a sync commits at a time unless told otherwise, as measured best (bench/README.md). SQLite:
+# a commit writes every index page the batch's keys landed on, and they land at random, so fewer,
+# larger commits write each such page once for several keys; but the last batch is written after
+# the last fetch, so larger ones slow small partitions. PostgreSQL: civic.band's page, since its
+# commits are cheap and larger batches measured slower.
+DEFAULT_BATCH_SIZES = {"sqlite": 4000, "postgresql": 1000}
+
+
 class MeetingStore:
     def __init__(self, url: str):
         self.url = url
@@ -107,14 +115,8 @@ class MeetingStore:
 
     @property
     def batch_size(self) -> int:
-        """Rows a sync commits at a time unless told otherwise, as measured best (bench/README.md).
-
-        SQLite: 4000, since a commit writes every index page the batch's keys landed on, and they land
-        at random; fewer, larger commits write each such page once for several keys, but the last
-        batch is written after the last fetch, so larger ones slow small partitions. PostgreSQL: 1000
-        (civic.band's page), since its commits are cheap and larger batches measured slower.
-        """
-        return 1000 if self.engine.dialect.name == "postgresql" else 4000
+        """Rows a sync commits at a time unless told otherwise (DEFAULT_BATCH_SIZES)."""
+        return DEFAULT_BATCH_SIZES["postgresql" if self.engine.dialect.name == "postgresql" else "sqlite"]
 
     # -- municipalities -------------------------------------------------------------------------
 

@@ -13,11 +13,15 @@ from .client import MAX_PAGE_SIZE, CivicBandClient, Page
 from .leases import MunicipalityLease, SyncOwner
 from .naming import validate_document_type, validate_subdomain
 from .rows import PageRecord, Rejection, parse_rows
-from .store import BatchCounts, MeetingStore
+from .store import DEFAULT_BATCH_SIZES, BatchCounts, MeetingStore
 
 # A batch (rows per commit, a checkpoint) is fetched in pages of at most MAX_PAGE_SIZE; by default
 # it is the store's MeetingStore.batch_size.
 MAX_BATCH_SIZE = 10_000  # the batch is held in memory until its commit
+BATCH_SIZE_HELP = (
+    f"Rows per commit (a checkpoint), fetched in pages of at most {MAX_PAGE_SIZE}: 1-{MAX_BATCH_SIZE}; default "
+    f"{DEFAULT_BATCH_SIZES['sqlite']} on SQLite, {DEFAULT_BATCH_SIZES['postgresql']} on PostgreSQL."
+)
 DEFAULT_WINDOW_DAYS = 180  # incremental syncs cover meeting dates within this many days of today
 MODES = ("full", "incremental")
 BUDGET_PAUSE = "time budget"  # last_error prefix of a sync paused to be continued by a new run

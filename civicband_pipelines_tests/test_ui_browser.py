@@ -2,7 +2,8 @@
 
 A user opens meeting_pages, sees its two partition dimensions, launches a backfill of one municipality
 from the launch dialog, and reads the matches_upstream result per partition. What the UI says is also
-checked against GraphQL and the stores, and the screenshots used in docs/ui.md are saved on the way.
+checked against GraphQL and the stores. The screenshots taken on the way go to a temp dir; with
+CIVICBAND_UPDATE_SCREENSHOTS=1 they replace the ones in docs/screenshots (used by docs/ui.md).
 """
 
 import os
@@ -25,7 +26,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 MUNICIPALITY = "berkeley.ca"  # the smallest demo municipality: the one backfilled
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+DOC_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 VIEWPORT = {"width": 1600, "height": 900}
 UI_TIMEOUT = 30_000  # ms, for any one thing to show in the browser
 BACKFILL_TIMEOUT = 150.0  # s: two runs, one after the other (the run queue allows one per municipality)
@@ -66,8 +67,16 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture
+def shots(tmp_path):
+    """Where the screenshots go: docs/screenshots only when asked, so a test run leaves the repo as it was."""
+    if os.environ.get("CIVICBAND_UPDATE_SCREENSHOTS") == "1":
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        return DOC_SHOTS
+    return tmp_path
+
+
+@pytest.fixture
 def page(stack):
-    SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -83,7 +92,7 @@ def page(stack):
             browser.close()
 
 
-def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition(stack, page: Page):
+def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition(stack, page: Page, shots: Path):
     ui = stack.ui
     partitions = [f"{document_type}|{MUNICIPALITY}" for document_type in DOCUMENT_TYPES]  # Dagster's key order
     total = len(DEMO_MUNICIPALITIES) * len(DOCUMENT_TYPES)
@@ -95,7 +104,7 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
     for key in (*DOCUMENT_TYPES, *(m.subdomain for m in DEMO_MUNICIPALITIES)):
         expect(_visible_text(page, key)).to_be_visible()
     expect(page.get_by_text(f"Missing ({total})", exact=True)).to_be_visible()
-    page.screenshot(path=SHOTS / "asset-partitions.png")
+    page.screenshot(path=shots / "asset-partitions.png")
 
     # 2. Launch a backfill of the municipality's partitions from the launch dialog.
     page.get_by_role("button", name="Materialize…").click()
@@ -108,7 +117,7 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
     page.keyboard.press("Escape")  # close the dropdown, not the dialog
     dialog.get_by_role("button", name="All").first.click()  # every document type
     expect(dialog.get_by_text("2 partitions")).to_be_visible()
-    page.screenshot(path=SHOTS / "launch-backfill.png")
+    page.screenshot(path=shots / "launch-backfill.png")
     dialog.get_by_role("button", name="Launch backfill").click()
     toast = page.get_by_text(re.compile(r"Created backfill \w+"))
     expect(toast).to_be_visible()
@@ -132,7 +141,7 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
         expect(_visible_text(page, f"{document_type}|{MUNICIPALITY}").first).to_be_visible()
         expect(page.get_by_text("Passed", exact=True)).to_be_visible()
         expect(page.get_by_text("rejected", exact=True)).to_be_visible()
-    page.screenshot(path=SHOTS / "check-partitions.png")
+    page.screenshot(path=shots / "check-partitions.png")
 
     # 5. A partition's materialization metadata, with the link back to the source.
     page.goto(f"{ui}/assets/meeting_pages?view=partitions")
@@ -141,7 +150,7 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
     expect(page.get_by_text("pages_fetched", exact=True)).to_be_visible()
     source = stack.env["CIVICBAND_BASE_URL"].format(subdomain=MUNICIPALITY) + "/meetings/agendas"
     expect(page.locator(f'a[href="{source}"]').first).to_be_visible()
-    page.screenshot(path=SHOTS / "partition-metadata.png")
+    page.screenshot(path=shots / "partition-metadata.png")
 
     # 6. The coverage report, materialized from its page.
     page.goto(f"{ui}/assets/coverage_report")
@@ -151,7 +160,7 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
     page.set_viewport_size({"width": 2000, "height": 1400})  # the numbers and the whole table under them
     expect(page.get_by_text("partitions_verified_exact", exact=True)).to_be_visible()
     expect(page.get_by_text(re.compile(r"\bago$")).first).to_be_visible()  # "Latest materialization: 3 seconds ago"
-    page.screenshot(path=SHOTS / "coverage-report.png")
+    page.screenshot(path=shots / "coverage-report.png")
     page.set_viewport_size(VIEWPORT)
 
     # 7. The backfill with its runs, once the daemon has marked it done.
@@ -161,7 +170,7 @@ def test_backfill_one_municipality_from_the_ui_and_read_the_checks_per_partition
     for key in partitions:
         expect(page.get_by_text(f"partition: {key}").first).to_be_visible()
     expect(page.get_by_text("Success", exact=True)).to_have_count(len(partitions))
-    page.screenshot(path=SHOTS / "backfill-runs.png")
+    page.screenshot(path=shots / "backfill-runs.png")
 
     # What the UI showed agrees with GraphQL, the replica and the local store.
     replica_root = stack.root / "replica"

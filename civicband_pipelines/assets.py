@@ -12,6 +12,7 @@ from .partitions import meeting_page_partitions, split_partition_key
 from .leases import MunicipalityBusy
 from .naming import TABLES, InvalidSubdomain
 from .resources import CivicBandResource, MeetingStoreResource
+from .store import LeaseLost
 from .sync import BATCH_SIZE_HELP, DEFAULT_WINDOW_DAYS, MAX_BATCH_SIZE, SyncResult, sync_partition
 
 # Runs are queued one per municipality, so the lease is only ever busy because of a sync outside the
@@ -71,9 +72,9 @@ def meeting_pages(
                 run_id=context.run_id,
                 log=context.log,
             )
-        except (UpstreamError, MunicipalityBusy, InvalidSubdomain) as error:  # a clear message, not a traceback
+        except (UpstreamError, MunicipalityBusy, InvalidSubdomain, LeaseLost) as error:  # a clear message, not a traceback
             hint = " (partitions added by hand in the UI are not checked: use `civicband municipalities add`)"
-            raise dg.Failure(f"{error}{hint if not isinstance(error, MunicipalityBusy) else ''}", allow_retries=False) from error
+            raise dg.Failure(f"{error}{hint if not isinstance(error, (MunicipalityBusy, LeaseLost)) else ''}", allow_retries=False) from error
     source = f"{client.site_url(municipality)}/meetings/{TABLES[document_type]}"
     local_pages = meeting_store.store().count_pages(municipality, document_type)
     return dg.MaterializeResult(metadata=sync_metadata(result, source) | {"dagster/row_count": local_pages})

@@ -11,14 +11,13 @@ import httpx
 
 from .client import CivicBandClient, TransientError, UpstreamError
 from .config import civicband_home, database_url_from_env
-from .leases import active_lease, refusal, settle_dead_syncs
+from .leases import WAIT_FOREVER, active_lease, refusal, settle_dead_syncs
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
 from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 
 RESUMABLE = ("failed", "paused")
-WAIT_FOREVER = 7 * 24 * 3600.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +86,7 @@ def _backfill(args: argparse.Namespace) -> int:
     instance, store = dagster_instance(), open_store(database_url_from_env())
     partitions = _partitions(instance, args)
     if args.resume:
+        settle_dead_syncs(store)  # a sync killed with no daemon to notice is still `running`: resume it too
         partitions = [(m, d) for m, d in partitions if (store.job(m, d) or {}).get("status") in RESUMABLE]
     if not partitions:
         print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))

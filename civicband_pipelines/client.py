@@ -33,6 +33,10 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+class RateLimited(TransientError):
+    """civic.band's 402: over 15 requests a minute without the service secret."""
+
+
 RETRYABLE = (TransientError, httpx.TimeoutException, httpx.TransportError)
 
 
@@ -130,6 +134,8 @@ class CivicBandClient:
         backoff = self.settings.backoff * 2 ** (state.attempt_number - 1)
         error = state.outcome.exception() if state.outcome else None
         retry_after = getattr(error, "retry_after", None)
+        if isinstance(error, RateLimited) and retry_after is None:
+            return max(backoff, self.settings.rate_limit_wait)  # no Retry-After: sit out the minute
         return max(backoff, min(retry_after, MAX_RETRY_AFTER)) if retry_after is not None else backoff
 
     def _get_once(self, subdomain: str, url: str, params: list[tuple[str, str]]) -> dict:
@@ -156,7 +162,7 @@ def _raise_for_status(subdomain: str, url: str, response: httpx.Response) -> Non
     if status == 429:
         raise TransientError("HTTP 429 Too Many Requests", _retry_after(response))
     if status == 402:
-        raise TransientError("HTTP 402 rate limit exceeded (set CIVICBAND_SERVICE_SECRET to lift it)")
+        raise RateLimited("HTTP 402 rate limit exceeded (set CIVICBAND_SERVICE_SECRET to lift it)", _retry_after(response))
     if status >= 500:
         raise TransientError(f"HTTP {status} from {url}")
 
@@ -181,9 +187,10 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _log_retry(state: RetryCallState) -> None:
-    log.warning(
-        "civic.band request failed (%s), retry %d in %.1f s",
-        state.outcome.exception() if state.outcome else "?",
-        state.attempt_number,
-        state.next_action.sleep if state.next_action else 0,
-    )
+    error = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0
+    if isinstance(error, RateLimited):
+        log.warning("civic.band request failed (%s), waiting %.1f s for civic.band's rate limit, then retry %d",
+                    error, wait, state.attempt_number)
+    else:
+        log.warning("civic.band request failed (%s), retry %d in %.1f s", error or "?", state.attempt_number, wait)

@@ -1,5 +1,6 @@
 """Settings read from the environment, with the documented defaults."""
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ class ClientSettings:
     timeout: float = 120.0
     retries: int = 3  # retries after the first attempt: waits of 1 s, 2 s, 4 s
     backoff: float = 1.0  # first wait in seconds; doubles per retry
+    # civic.band's 402 (over 15 requests a minute) names no wait: retrying sooner than its one-minute
+    # window is over only burns the retries.
+    rate_limit_wait: float = 60.0
 
     @classmethod
     def from_env(cls) -> "ClientSettings":
@@ -33,7 +37,20 @@ class ClientSettings:
             timeout=float(env.get("CIVICBAND_HTTP_TIMEOUT") or 120),
             retries=int(env.get("CIVICBAND_HTTP_RETRIES") or 3),
             backoff=float(env.get("CIVICBAND_HTTP_BACKOFF") or 1.0),
+            rate_limit_wait=_seconds("CIVICBAND_HTTP_RATE_LIMIT_WAIT", 60.0),
         )
+
+
+def _seconds(name: str, default: float) -> float:
+    """A duration from the environment; anything but a finite number of seconds >= 0 is refused."""
+    value = os.environ.get(name) or default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:  # NaN too
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def database_url_from_env() -> str:

@@ -9,6 +9,7 @@ server drops the moment the holder dies. On SQLite a lease whose heartbeat is ol
 
 import datetime as dt
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -21,8 +22,11 @@ import sqlalchemy as sa
 from .schema import sync_leases
 from .store import MeetingStore, utcnow
 
+log = logging.getLogger(__name__)
+
 DEFAULT_STALE_AFTER = 90.0  # seconds without a heartbeat before a lease is presumed dead
 WAIT_POLL_SECONDS = 1.0  # how often a sync waiting for a busy municipality tries again
+WAIT_FOREVER = 7 * 24 * 3600.0  # a lease wait for "until it is free"
 
 
 class MunicipalityBusy(Exception):
@@ -47,9 +51,10 @@ class MunicipalityLease:
     """Context manager holding the municipality's lease, heartbeating in the background."""
 
     def __init__(
-        self, store: MeetingStore, municipality: str, owner: SyncOwner, *, wait: float = 0.0, stale_after: float | None = None
+        self, store: MeetingStore, municipality: str, owner: SyncOwner, *, wait: float = 0.0, stale_after: float | None = None,
+        log: logging.Logger | logging.LoggerAdapter = log,
     ):
-        self.store, self.municipality, self.owner, self.wait = store, municipality, owner, wait
+        self.store, self.municipality, self.owner, self.wait, self.log = store, municipality, owner, wait, log
         self.stale_after = stale_after or stale_after_from_env()
         self.holder = uuid.uuid4().hex
         self._lock_connection: sa.Connection | None = None
@@ -58,14 +63,17 @@ class MunicipalityLease:
 
     def __enter__(self) -> "MunicipalityLease":
         """Take the lease, waiting up to `wait` seconds for another sync of the municipality to end."""
-        deadline = time.monotonic() + self.wait
+        deadline, waited = time.monotonic() + self.wait, False
         while True:
             try:
                 self._acquire()
                 break
-            except MunicipalityBusy:
+            except MunicipalityBusy as busy:
                 if time.monotonic() >= deadline:
                     raise
+                if not waited:
+                    self.log.info("%s Waiting (up to %.0f s) for it to end.", busy, self.wait)
+                    waited = True
                 time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.municipality}", daemon=True)
         self._heartbeat.start()
@@ -119,9 +127,19 @@ class MunicipalityLease:
             ))
 
     def _beat(self) -> None:
+        # A failed beat (say, the database busy for a moment) is retried at the next one: the lease
+        # only goes stale after four in a row. Should it be taken over all the same, the sync's next
+        # write finds out (store.LeaseLost).
         while not self._stop.wait(self.stale_after / 4):
-            with self.store.writer.begin() as conn:
-                conn.execute(sa.update(sync_leases).where(self._mine()).values(heartbeat_at=utcnow()))
+            try:
+                with self.store.writer.begin() as conn:
+                    beat = conn.execute(sa.update(sync_leases).where(self._mine()).values(heartbeat_at=utcnow()))
+            except Exception as error:
+                log.warning("%s: lease heartbeat failed (%s: %s); retrying", self.municipality, type(error).__name__, error)
+                continue
+            if beat.rowcount == 0:
+                log.error("%s: another sync took over this sync's lease; its next write stops it", self.municipality)
+                return
 
     def _mine(self):
         return sa.and_(sync_leases.c.municipality == self.municipality, sync_leases.c.holder == self.holder)
@@ -176,9 +194,13 @@ def refusal(municipality: str, lease: dict | None, now: dt.datetime | None = Non
 def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None) -> list[dict]:
     """Mark `running` jobs whose municipality has no live lease as failed: their process died.
 
-    Their saved cursor stays, so the next run resumes. Returns the settled jobs.
+    A sync takes its lease before it updates its job, so a job still as it was read before its lease
+    was found dead is dead; one that started meanwhile is left alone. The saved cursor stays, so the
+    next run resumes. Returns the settled jobs.
     """
-    live = {m for m in store.running_municipalities() if active_lease(store, m, stale_after) is not None}
-    return store.fail_running_jobs(
-        exclude=live, error="the sync stopped without reporting (process killed?); the next run resumes at its cursor"
+    running = store.running_jobs()
+    live = {m for m in {job["municipality"] for job in running} if active_lease(store, m, stale_after) is not None}
+    return store.fail_jobs_as_read(
+        [job for job in running if job["municipality"] not in live],
+        error="the sync stopped without reporting (process killed?); the next run resumes at its cursor",
     )

@@ -11,6 +11,9 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # unpaired (JSON "\ud800"): no UTF-8 database can store one
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 MAX_ID_LENGTH = 255
+# meeting_name is in PostgreSQL's unique page index, whose entries must stay under ~2700 bytes (one
+# longer row fails its batch's COPY on every run): 500 characters is 2000 bytes even in 4-byte UTF-8.
+MAX_MEETING_LENGTH = 500
 MAX_PAGE = 2**31 - 1  # the store's page_number is a 32-bit integer
 
 
@@ -78,7 +81,7 @@ def _plain_record(row: object) -> PageRecord | None:
     text, image, entities, votes = get("text"), get("page_image"), get("entities_json"), get("votes_json")
     if (
         type(upstream_id) is str and 0 < len(upstream_id) <= MAX_ID_LENGTH and _plain_text(upstream_id)
-        and type(meeting) is str and _plain_text(meeting) and meeting.strip()
+        and type(meeting) is str and len(meeting) <= MAX_MEETING_LENGTH and _plain_text(meeting) and meeting.strip()
         and type(date) is str and _is_valid_date(date)
         and type(page) is int and 1 <= page <= MAX_PAGE
         and _plain_text(text) and _plain_text(image) and _plain_text(entities) and _plain_text(votes)
@@ -99,6 +102,8 @@ def _invalid_reason(row: dict) -> str | None:
         return f"id is longer than {MAX_ID_LENGTH} characters"
     if not isinstance(meeting, str) or not meeting.strip():
         return f"meeting is missing or empty: {meeting!r}"
+    if len(meeting) > MAX_MEETING_LENGTH:
+        return f"meeting is longer than {MAX_MEETING_LENGTH} characters"
     # Part of the page's identity, so not ours to edit (unlike text, see _storable).
     if "\x00" in upstream_id or "\x00" in meeting:
         return "id or meeting contains a NUL character"

@@ -5,7 +5,7 @@ import os
 import dagster as dg
 
 from .assets import TRIGGER_TAG
-from .leases import settle_dead_syncs
+from .leases import WAIT_FOREVER, settle_dead_syncs
 from .naming import DOCUMENT_TYPES
 from .partitions import MUNICIPALITY, municipality_partitions, partition_key, partition_tags
 from .resources import MeetingStoreResource
@@ -16,6 +16,7 @@ MAX_REPAIRS = int(os.environ.get("CIVICBAND_MAX_REPAIRS") or 2)  # full resyncs 
 # How often the daemon evaluates the sensors (tests lower it).
 INTERVAL = int(os.environ.get("CIVICBAND_SENSOR_INTERVAL_SECONDS") or 15)
 _PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+_UNFINISHED = [*_PENDING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
 @dg.sensor(
@@ -69,7 +70,9 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
     requests = []
     for job in store.jobs():
         request = _followup(job)
-        if request and not _has_pending_run(context.instance, job["municipality"], job["document_type"]):
+        # Not while a run of the partition is unfinished: it may be the follow-up itself, whose check
+        # has not run yet (a repair counted twice would shorten the repair budget).
+        if request and not _has_pending_run(context.instance, job["municipality"], job["document_type"], _UNFINISHED):
             if request.tags[TRIGGER_TAG] == "repair":
                 store.count_repair(job["municipality"], job["document_type"])
             requests.append(request)
@@ -99,14 +102,19 @@ def _followup(job: dict) -> dg.RunRequest | None:
 
 def _sync_request(municipality: str, document_type: str, key: str, trigger: str, *, mode: str, restart: bool = False, event: str | None = None) -> dg.RunRequest:
     tags = {TRIGGER_TAG: trigger, "civicband/mode": mode} | ({"civicband/event": event} if event else {})
+    # A sensor run that finds its municipality held (by the CLI: the run queue keeps runs apart) waits
+    # until it is free: given up, its run key would never be requested again.
+    config = {"mode": mode, "restart": restart, "lease_wait_seconds": WAIT_FOREVER}
     return dg.RunRequest(
         run_key=f"{key}-{municipality}-{document_type}",
         partition_key=partition_key(municipality, document_type),
-        run_config={"ops": {"meeting_pages": {"config": {"mode": mode, "restart": restart}}}},
+        run_config={"ops": {"meeting_pages": {"config": config}}},
         tags=tags,
     )
 
 
-def _has_pending_run(instance: dg.DagsterInstance, municipality: str, document_type: str) -> bool:
-    runs_filter = dg.RunsFilter(tags=partition_tags(municipality, document_type), statuses=_PENDING)
+def _has_pending_run(instance: dg.DagsterInstance, municipality: str, document_type: str, statuses=_PENDING) -> bool:
+    """A sync of the partition waits to start (or, with _UNFINISHED, has not finished). A verify_job
+    run fetches no pages: it does not count."""
+    runs_filter = dg.RunsFilter(job_name="meeting_pages_job", tags=partition_tags(municipality, document_type), statuses=statuses)
     return bool(instance.get_run_records(filters=runs_filter, limit=1))

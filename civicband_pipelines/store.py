@@ -33,6 +33,8 @@ class SyncStart:
     # The partition held no page when this sync generation began (a first backfill, saved in
     # backfill_jobs.started_empty): its pages are new, and none can be stale when it completes.
     fresh: bool = False
+    # The municipality lease this sync holds (leases.py): its writes check it is still theirs.
+    holder: str | None = None
 
     @property
     def filters(self) -> dict[str, str]:
@@ -49,6 +51,10 @@ class BatchCounts:
     unchanged: int
     rejected: int
     deleted: int = 0  # stale pages removed when the batch completed the sync
+
+
+class LeaseLost(RuntimeError):
+    """Another sync took over this sync's municipality lease: it must not write any more."""
 
 
 def utcnow() -> dt.datetime:
@@ -144,6 +150,11 @@ class MeetingStore:
         municipality is new or its page count or last_updated differ from before.
         """
         with self.writer.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Ids come from a sequence at INSERT, not at commit. Serializing event writers until
+                # commit (SELECTs are not blocked) makes ids commit in order, so the sensor's cursor
+                # can never pass an event still being committed. (SQLite writers are serial anyway.)
+                conn.exec_driver_sql("LOCK TABLE webhook_events IN SHARE ROW EXCLUSIVE MODE")
             before = conn.execute(sa.select(municipalities).where(municipalities.c.subdomain == subdomain)).first()
             stored, created = self._upsert_municipality(conn, subdomain, fields)
             changed = created or any(getattr(before, k) != stored[k] for k in ("pages", "last_updated"))
@@ -175,6 +186,7 @@ class MeetingStore:
         run_id: str | None,
         mode: str = "full",
         window: tuple[dt.date, dt.date] | None = None,
+        holder: str | None = None,
     ) -> SyncStart:
         """Resume the partition's unfinished sync (in its own mode) at its saved cursor, or begin a new one.
 
@@ -189,12 +201,13 @@ class MeetingStore:
             if job.status in ("running", "failed", "paused") and job.sync_generation > 0 and not restart:
                 saved_window = (job.window_start, job.window_end) if job.mode == "incremental" else None
                 start = SyncStart(job.sync_generation, job.last_cursor, job.last_cursor is not None, job.mode, saved_window,
-                                  fresh=bool(job.started_empty))
+                                  fresh=bool(job.started_empty), holder=holder)
             else:
                 if mode == "incremental" and job.full_synced_at is None:
                     mode, window = "full", None
                 empty = not self._has_pages(conn, municipality, document_type)
-                start = SyncStart(job.sync_generation + 1, None, False, mode, window if mode == "incremental" else None, fresh=empty)
+                start = SyncStart(job.sync_generation + 1, None, False, mode, window if mode == "incremental" else None,
+                                  fresh=empty, holder=holder)
                 values |= _fresh_sync_values(start)
             conn.execute(_job_update(municipality, document_type).values(**values))
             return start
@@ -216,6 +229,11 @@ class MeetingStore:
         records = _dedupe_by_key(records)
         partition = {"municipality": municipality, "document_type": document_type, "sync_generation": sync.generation}
         with self.writer.begin() as conn:
+            if not _holds_lease(conn, municipality, sync):
+                raise LeaseLost(
+                    f"{municipality}/{document_type}: another sync took over the municipality's lease (this one "
+                    "stopped heartbeating: suspended, or stalled?); stopping without writing, the other sync goes on"
+                )
             created = updated = unchanged = 0
             if records:
                 created, updated, unchanged = self._write_pages(conn, municipality, document_type, sync, records)
@@ -248,29 +266,36 @@ class MeetingStore:
             self._merging.add(partition)
         return written.created, written.updated, written.unchanged
 
-    def stop_sync(self, municipality: str, document_type: str, status: str, error: str | None) -> None:
-        """Mark an interrupted sync `failed` or `paused`; its cursor stays for the next run."""
+    def stop_sync(self, municipality: str, document_type: str, status: str, error: str | None, sync: SyncStart | None = None) -> None:
+        """Mark an interrupted sync `failed` or `paused`; its cursor stays for the next run.
+
+        A sync that lost its lease leaves the job to the sync that took over.
+        """
         with self.writer.begin() as conn:
+            if sync is not None and not _holds_lease(conn, municipality, sync):
+                return
             conn.execute(
                 _job_update(municipality, document_type)
                 .where(backfill_jobs.c.status == "running")
                 .values(status=status, last_error=error, finished_at=utcnow(), updated_at=utcnow())
             )
 
-    def running_municipalities(self) -> set[str]:
-        query = sa.select(backfill_jobs.c.municipality).where(backfill_jobs.c.status == "running")
+    def running_jobs(self) -> list[dict]:
         with self.engine.connect() as conn:
-            return set(conn.execute(query).scalars())
+            return [dict(r._mapping) for r in conn.execute(sa.select(backfill_jobs).where(backfill_jobs.c.status == "running"))]
 
-    def fail_running_jobs(self, exclude: set[str], error: str) -> list[dict]:
-        """Mark running jobs of municipalities not in `exclude` failed; returns them as they were."""
-        where = backfill_jobs.c.status == "running"
-        if exclude:
-            where = where & backfill_jobs.c.municipality.not_in(exclude)
+    def fail_jobs_as_read(self, jobs: list[dict], error: str) -> list[dict]:
+        """Mark these running jobs failed, each only if unchanged since read (same `updated_at`): a
+        sync that started meanwhile updated its job. Returns the jobs failed, as they were read."""
+        failed = []
         with self.writer.begin() as conn:
-            settled = [dict(r._mapping) for r in conn.execute(sa.select(backfill_jobs).where(where))]
-            conn.execute(backfill_jobs.update().where(where).values(status="failed", last_error=error, updated_at=utcnow()))
-            return settled
+            for job in jobs:
+                as_read = _job_update(job["municipality"], job["document_type"]).where(
+                    backfill_jobs.c.status == "running", backfill_jobs.c.updated_at == job["updated_at"]
+                )
+                if conn.execute(as_read.values(status="failed", last_error=error, updated_at=utcnow())).rowcount:
+                    failed.append(job)
+        return failed
 
     def _finish(self, conn: sa.Connection, municipality: str, document_type: str, sync: SyncStart, created: int) -> int:
         """Complete the sync: remove the pages (and rejections) it covered but never saw upstream.
@@ -432,6 +457,15 @@ def _stale(table: sa.Table, municipality: str, document_type: str, generation: i
 
 def _job_update(municipality: str, document_type: str):
     return _partition_update(backfill_jobs, municipality, document_type)
+
+
+def _holds_lease(conn: sa.Connection, municipality: str, sync: SyncStart) -> bool:
+    """The sync still holds its municipality's lease, read in the writer's transaction: a takeover
+    (leases.py replaces the row, also under the writer lock) cannot slip in before this commits."""
+    if sync.holder is None:  # a caller without a lease (tests of the store itself)
+        return True
+    query = sa.select(sync_leases.c.holder).where(sync_leases.c.municipality == municipality)
+    return conn.execute(query).scalar() == sync.holder
 
 
 def _fresh_sync_values(start: SyncStart) -> dict:

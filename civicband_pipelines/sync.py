@@ -108,9 +108,10 @@ def sync_partition(
         raise ValueError(f"invalid mode {mode!r}: expected one of {', '.join(MODES)}")
     log = log or logging.getLogger(__name__)
     owner = SyncOwner(document_type, mode, trigger, run_id)
-    with MunicipalityLease(store, municipality, owner, wait=lease_wait):
+    with MunicipalityLease(store, municipality, owner, wait=lease_wait, log=log) as lease:
         start = store.start_sync(
-            municipality, document_type, restart=restart, run_id=run_id, mode=mode, window=_window(window_days)
+            municipality, document_type, restart=restart, run_id=run_id, mode=mode, window=_window(window_days),
+            holder=lease.holder,
         )
         result = SyncResult(municipality, document_type, mode=start.mode, generation=start.generation)
         if start.resumed:
@@ -135,15 +136,15 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
             out_of_time = _land(_batches(pages, pages_per_batch), store, start, result, time_budget, log)
     except Exception as error:
         result.status = "failed"
-        store.stop_sync(municipality, document_type, "failed", f"{type(error).__name__}: {error}")
+        store.stop_sync(municipality, document_type, "failed", f"{type(error).__name__}: {error}", start)
         raise
     except BaseException:  # KeyboardInterrupt, run termination: resumable, not broken
         result.status = "paused"
-        store.stop_sync(municipality, document_type, "paused", "interrupted")
+        store.stop_sync(municipality, document_type, "paused", "interrupted", start)
         raise
     if out_of_time:
         result.status = "paused"
-        store.stop_sync(municipality, document_type, "paused", f"{BUDGET_PAUSE} of {time_budget:.0f} s reached")
+        store.stop_sync(municipality, document_type, "paused", f"{BUDGET_PAUSE} of {time_budget:.0f} s reached", start)
     else:
         result.status = "completed"
 

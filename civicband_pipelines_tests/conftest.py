@@ -66,8 +66,9 @@ def make_municipality(root, documents: int, pages: tuple[int, int], odd_rows: bo
 
 @pytest.fixture
 def client_settings(replica) -> ClientSettings:
-    # Short timeout (the proxy's slow answers exceed it) and fast backoff keep fault tests quick.
-    return ClientSettings(base_url=replica.base_url_template, timeout=2.0, retries=3, backoff=0.01)
+    # Short timeout (the proxy's slow answers exceed it), fast backoff and no minute-long wait after a
+    # 402 keep fault tests quick.
+    return ClientSettings(base_url=replica.base_url_template, timeout=2.0, retries=3, backoff=0.01, rate_limit_wait=0.01)
 
 
 @pytest.fixture

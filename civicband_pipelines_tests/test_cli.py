@@ -2,12 +2,15 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 
 import dagster as dg
 import pytest
 
+from civicband_pipelines.leases import active_lease
 from civicband_pipelines.partitions import partition_key
 
 from .conftest import wait_until
@@ -60,7 +63,8 @@ def test_backfill_records_runs_in_the_instance_and_prints_a_summary(cli_env, sto
     assert municipality in status.stdout and "completed" in status.stdout
 
 
-def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cli_env, store, replica, replica_root, municipality):
+@pytest.mark.parametrize("again", ["--wait", "--resume"])
+def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cli_env, store, replica, replica_root, municipality, again):
     total = len(upstream_rows(replica_root, municipality, "agenda"))
     replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.03)  # every page a little slow
     process = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
@@ -74,14 +78,70 @@ def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cl
     saved = job["pages_fetched"]
     assert job["status"] == "running" and job["last_cursor"] and saved < total
 
-    # No manual cleanup: --wait waits out the dead holder's lease (stale after 3 s here).
-    done = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7", "--wait")
+    if again == "--wait":  # no manual cleanup: --wait waits out the dead holder's lease (stale after 3 s here)
+        done = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7", "--wait")
+    else:  # with no daemon to settle it, the killed sync still says `running`: --resume picks it up all the same
+        wait_until(lambda: active_lease(store, municipality, 3) is None, what="the dead holder's lease to go stale")
+        done = civicband(cli_env, "backfill", "--subdomain=all", "--resume", "--batch-size=7")
+        assert "1 of 1 partitions" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0, done.stdout + done.stderr
     metadata = latest_materialization(cli_env, municipality, "agenda")
     assert metadata["resumed"] is True and metadata["resumed_from_cursor"] == job["last_cursor"]
     assert metadata["pages_fetched"] <= total - saved + 7
     assert store.job(municipality, "agenda")["pages_fetched"] == total
     assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_a_suspended_sync_whose_lease_was_taken_over_stops_without_writing(cli_env, store, store_url, replica, replica_root, municipality):
+    """A sync frozen past the lease's staleness (laptop asleep, SIGSTOP) may be taken over on SQLite; when
+    it wakes up, its next write finds the lease gone and it stops, leaving the other sync's work alone.
+    On PostgreSQL the frozen sync keeps its advisory lock, so nobody takes over."""
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.03)
+    frozen = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
+    try:
+        wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 70, what="70 pages")
+        _suspend_outside_a_write(frozen, store_url)
+        replica.clear_faults()
+        if store_url.startswith("sqlite"):
+            wait_until(lambda: active_lease(store, municipality, 3) is None, what="the frozen sync's lease to go stale")
+        other = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--restart")
+        if store_url.startswith("postgresql"):
+            assert other.returncode == 3 and "Backfill already in progress" in other.stderr, other.stdout + other.stderr
+        else:
+            assert other.returncode == 0, other.stdout + other.stderr
+            taken_over = store.job(municipality, "agenda")
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    output, _ = frozen.communicate(timeout=120)
+    if store_url.startswith("sqlite"):
+        assert frozen.returncode == 1 and "took over the municipality's lease" in output, output[-3000:]
+        assert store.job(municipality, "agenda") == taken_over  # the woken sync changed nothing
+    else:
+        assert frozen.returncode == 0, output[-3000:]
+    assert store.job(municipality, "agenda")["status"] == "completed"
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def _suspend_outside_a_write(process: subprocess.Popen, store_url: str) -> None:
+    """SIGSTOP the process, at a moment it holds no SQLite write lock (which would block everyone)."""
+    while True:
+        process.send_signal(signal.SIGSTOP)
+        if not store_url.startswith("sqlite") or _sqlite_writable(store_url.removeprefix("sqlite:///")):
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.01)  # let it finish its transaction
+
+
+def _sqlite_writable(path: str) -> bool:
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
 
 
 def test_interrupted_backfill_shows_paused_and_resume_picks_it(cli_env, store, replica, replica_root, municipality):

@@ -1,11 +1,13 @@
 """The civic.band client against the real replica and its misbehaving proxy."""
 
 import dataclasses
+import logging
 import time
 
 import pytest
 
 from civicband_pipelines.client import CivicBandClient, TransientError, UnknownMunicipality, UpstreamError
+from civicband_pipelines.config import ClientSettings
 from civicband_pipelines.naming import InvalidSubdomain
 
 from .replica_process import running_replica
@@ -27,7 +29,7 @@ def test_unknown_municipality_is_reported_not_parsed(client, replica):
     assert replica.fault_stats()["requests"] == 1  # not retried
 
 
-@pytest.mark.parametrize("subdomain", ["Oakland.CA", "evil.com/../x", "a..b", "-x.ca", "x.ca:80", "", "a b"])
+@pytest.mark.parametrize("subdomain", ["Oakland.CA", "evil.com/../x", "a..b", "-x.ca", "x.ca:80", "", "a b", "oakland.ca\n"])
 def test_invalid_subdomains_never_reach_the_network(client, replica, subdomain):
     replica.reset_stats()
     with pytest.raises(InvalidSubdomain):
@@ -67,6 +69,29 @@ def test_retry_after_is_honoured(client_settings, replica, municipality):
     with CivicBandClient(client_settings) as client:  # backoff 0.01 s: only Retry-After explains a 1 s wait
         client.fetch_page(municipality, "agenda", 5, None)
     assert time.monotonic() - started >= 1.0
+
+
+def test_a_402_waits_out_the_rate_limit_window_not_just_the_backoff(client_settings, replica, municipality, caplog):
+    replica.set_faults(rate=1.0, kinds=["rate_402"], max_faults=1)  # civic.band's 402 has no Retry-After
+    replica.reset_stats()
+    settings = dataclasses.replace(client_settings, rate_limit_wait=1.5)  # backoff 0.01 s: only the setting explains 1.5 s
+    with CivicBandClient(settings) as client, caplog.at_level(logging.WARNING, "civicband_pipelines.client"):
+        assert len(client.fetch_page(municipality, "agenda", 5, None).rows) == 5
+    refused, retried = replica.fault_stats()["table_page_requests"]
+    assert (refused["status"], retried["status"]) == (402, 200)
+    assert retried["received_at"] - refused["received_at"] >= 1.5
+    assert "waiting 1.5 s for civic.band's rate limit" in caplog.text
+
+
+def test_the_rate_limit_wait_is_a_minute_unless_configured(monkeypatch):
+    monkeypatch.delenv("CIVICBAND_HTTP_RATE_LIMIT_WAIT", raising=False)
+    assert ClientSettings().rate_limit_wait == ClientSettings.from_env().rate_limit_wait == 60.0
+    monkeypatch.setenv("CIVICBAND_HTTP_RATE_LIMIT_WAIT", "2.5")
+    assert ClientSettings.from_env().rate_limit_wait == 2.5
+    for bad in ("-1", "soon", "nan", "inf"):
+        monkeypatch.setenv("CIVICBAND_HTTP_RATE_LIMIT_WAIT", bad)
+        with pytest.raises(ValueError, match=f"CIVICBAND_HTTP_RATE_LIMIT_WAIT must be a number of seconds >= 0, got '{bad}'"):
+            ClientSettings.from_env()
 
 
 def test_service_secret_lifts_the_public_page_cap(client_settings, replica_root, municipality):

@@ -8,6 +8,7 @@ import pytest
 
 from civicband_pipelines.assets import coverage_report
 from civicband_pipelines.definitions import defs
+from civicband_pipelines.leases import WAIT_FOREVER
 from civicband_pipelines.naming import DOCUMENT_TYPES
 from civicband_pipelines.partitions import MUNICIPALITY, partition_key, partition_tags
 from civicband_pipelines.resources import CivicBandResource, MeetingStoreResource
@@ -111,6 +112,19 @@ def test_webhook_sensor_registers_new_municipalities_and_requests_runs_once(inst
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
 
 
+@pytest.mark.parametrize("queued_job, runs_requested", [("verify_job", True), ("meeting_pages_job", False)])
+def test_a_queued_sync_of_the_partition_stands_in_for_a_webhook_run_but_a_queued_verification_does_not(
+    instance, store, store_url, queued_job, runs_requested
+):
+    instance.add_dynamic_partitions(MUNICIPALITY, ["oakland.ca"])
+    for document_type in DOCUMENT_TYPES:
+        tags = partition_tags("oakland.ca", document_type)
+        instance.add_run(dg.DagsterRun(job_name=queued_job, status=dg.DagsterRunStatus.NOT_STARTED, tags=tags))
+    store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 10})
+    requested = [r.partition_key for r in _webhook_tick(instance, store_url).run_requests]
+    assert sorted(requested) == (sorted(partition_key("oakland.ca", d) for d in DOCUMENT_TYPES) if runs_requested else [])
+
+
 def test_followup_sensor_repairs_a_failing_partition_a_bounded_number_of_times(instance, store, store_url):
     start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=None)
     store.write_batch("oakland.ca", "agenda", start, [], [], None)  # a completed (empty) sync
@@ -122,3 +136,18 @@ def test_followup_sensor_repairs_a_failing_partition_a_bounded_number_of_times(i
     assert len(requests) == MAX_REPAIRS
     assert all(r.tags["civicband/trigger"] == "repair" and r.run_config["ops"]["meeting_pages"]["config"]["restart"] for r in requests)
     assert json.dumps(store.job("oakland.ca", "agenda")["repair_attempts"]) == str(MAX_REPAIRS)
+
+
+def test_a_repair_is_counted_once_while_its_run_is_unfinished_and_sensor_runs_wait_for_a_busy_municipality(instance, store, store_url):
+    start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=None)
+    store.write_batch("oakland.ca", "agenda", start, [], [], None)
+    store.record_verification("oakland.ca", "agenda", 10, 9, False, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    context = lambda: dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})  # noqa: E731
+    (repair,) = sync_followup_sensor(context()).run_requests
+    assert repair.run_config["ops"]["meeting_pages"]["config"]["lease_wait_seconds"] == WAIT_FOREVER
+    # The repair run started (its check will say whether it worked): later ticks neither ask nor count again.
+    instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.STARTED,
+                                   tags=partition_tags("oakland.ca", "agenda")))
+    for _ in range(3):
+        assert not sync_followup_sensor(context()).run_requests
+    assert store.job("oakland.ca", "agenda")["repair_attempts"] == 1

@@ -1,6 +1,7 @@
 """The municipality lease on SQLite and PostgreSQL: refusals, waiting, dead holders."""
 
 import datetime as dt
+import logging
 import subprocess
 import sys
 import time
@@ -79,3 +80,24 @@ def test_running_jobs_without_a_live_lease_are_settled_as_failed(store):
     assert settled["run_id"] == "r1"
     job = store.job("oakland.ca", "agenda")
     assert job["status"] == "failed" and "process killed" in job["last_error"]
+
+
+def test_a_sync_that_starts_while_dead_syncs_are_settled_is_left_alone(store):
+    store.start_sync("oakland.ca", "agenda", restart=False, run_id="dead")  # their processes died: no lease
+    store.start_sync("oakland.ca", "minutes", restart=False, run_id="dead too")
+    running = store.running_jobs()  # what settle_dead_syncs read before it found no live lease
+    with MunicipalityLease(store, "oakland.ca", OWNER) as lease:  # and right then a new sync of agenda starts
+        store.start_sync("oakland.ca", "agenda", restart=False, run_id="alive", holder=lease.holder)
+        settled = store.fail_jobs_as_read(running, error="dead")
+        assert [job["run_id"] for job in settled] == ["dead too"]
+        assert store.job("oakland.ca", "agenda")["status"] == "running"
+        assert store.job("oakland.ca", "minutes")["status"] == "failed"
+
+
+def test_a_sync_waiting_for_a_busy_municipality_says_so_once(store, caplog):
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        with caplog.at_level(logging.INFO, "civicband_pipelines.leases"), pytest.raises(MunicipalityBusy):
+            with MunicipalityLease(store, "oakland.ca", SyncOwner("minutes"), wait=2.5):
+                pass
+    waiting = [r.getMessage() for r in caplog.records if "Waiting (up to 2 s)" in r.getMessage()]
+    assert len(waiting) == 1 and waiting[0].startswith("Backfill already in progress for oakland.ca"), caplog.text

@@ -1,8 +1,10 @@
 """Row validation: every odd upstream row gets a reason; good rows become page records."""
 
+import random
+
 import pytest
 
-from civicband_pipelines.rows import MAX_ID_LENGTH, PageRecord, Rejection, parse_row, parse_rows, storable_id
+from civicband_pipelines.rows import MAX_ID_LENGTH, MAX_MEETING_LENGTH, PageRecord, Rejection, parse_row, parse_rows, storable_id
 
 GOOD = {"id": "0f3a9c2e11b7", "meeting": "CityCouncil", "date": "2024-01-15", "page": 3, "text": "Roll call",
         "page_image": "/_agendas/CityCouncil/2024-01-15/3.png", "entities_json": None, "votes_json": "[]"}
@@ -33,12 +35,26 @@ def test_a_good_row_becomes_a_page_record():
     ({"text": 42}, "text is not text"),
     ({"id": "0f3a\ud800"}, "id or meeting contains an unpaired surrogate"),
     ({"meeting": "City\udfffCouncil"}, "id or meeting contains an unpaired surrogate"),
+    ({"meeting": "M" * 501}, "meeting is longer than 500 characters"),
+    ({"meeting": "\U0001F3DB" * 501}, "meeting is longer than 500 characters"),
 ])
 def test_odd_rows_are_rejected_with_a_reason_and_the_raw_row(change, reason):
     rejection = parse_row(GOOD | change)
     assert isinstance(rejection, Rejection)
     assert rejection.reason.startswith(reason)
     assert '"meeting"' in rejection.raw
+
+
+def test_the_longest_meeting_name_still_fits_postgresqls_unique_page_index(postgres_store):
+    # The index (municipality, document_type, meeting_name, ...) refuses entries over ~2700 bytes,
+    # and one such row would fail its whole batch's COPY on every run: the limit must hold in 4-byte UTF-8.
+    municipality = ".".join(["a" * 49] * 4)  # near the store's 200-character limit
+    rng = random.Random(0)  # random characters: PostgreSQL compresses index entries, repeats would fit easily
+    meeting = "".join(chr(rng.randrange(0x10000, 0x110000)) for _ in range(MAX_MEETING_LENGTH))  # 4 bytes each
+    record = parse_row(GOOD | {"meeting": meeting})
+    sync = postgres_store.start_sync(municipality, "agenda", restart=False, run_id=None)
+    postgres_store.write_batch(municipality, "agenda", sync, [record], [], None)
+    assert [p["meeting_name"] for p in postgres_store.iter_pages(municipality, "agenda")] == [record.meeting_name]
 
 
 def test_nul_characters_are_removed_and_empty_or_null_text_is_kept():
@@ -82,11 +98,13 @@ ROW_VARIANTS = [
     {"entities_json": {"a": 1}}, {"votes_json": ["x"]}, {"votes_json": "\x00"}, {"id": ""}, {"id": 5}, {"id": "x" * 256},
     {"id": "x" * 255}, {"id": "ü~,&"}, {"meeting": " "}, {"meeting": "Ünïcødé"}, {"meeting": 3}, {"date": "2024-02-30"},
     {"date": "2024-01-15\n"}, {"date": "２０２４-01-15"}, {"date": 20240115}, {"page": 2**31 - 1}, {"page": 2**31},
-    {"page": False}, {"page": 1.0}, {"page": "3"},
+    {"page": False}, {"page": 1.0}, {"page": "3"}, {"meeting": "M" * MAX_MEETING_LENGTH},
+    {"meeting": "\U0001F3DB" * MAX_MEETING_LENGTH}, {"meeting": "M" * (MAX_MEETING_LENGTH + 1)},
+    {"meeting": "\U0001F3DB" * (MAX_MEETING_LENGTH + 1)},
 ]
 
 
-@pytest.mark.parametrize("change", ROW_VARIANTS, ids=repr)
+@pytest.mark.parametrize("change", ROW_VARIANTS, ids=lambda change: repr(change)[:60])
 def test_parse_rows_fast_path_gives_exactly_what_parse_row_gives(change):
     for row in (GOOD | change, {k: v for k, v in (GOOD | change).items() if k != "votes_json"}):
         records, rejections = parse_rows([row])

@@ -1,12 +1,17 @@
 """Batch writes of the store, on SQLite and PostgreSQL: what goes in comes back byte for byte, and
 every batch says exactly what it created, updated and left unchanged."""
 
+import threading
+
 import pytest
+import sqlalchemy as sa
 
 from civicband_pipelines.page_writes import COLUMNS, write_pages
 from civicband_pipelines.rows import PageRecord, parse_rows
 from civicband_pipelines.schema import backfill_jobs
 from civicband_pipelines.store import utcnow
+
+from .conftest import wait_until
 
 M, D = "oakland.ca", "agenda"
 
@@ -181,3 +186,41 @@ def test_sqlite_writers_cache_a_big_partitions_page_key_index_and_readers_less(t
             assert cache_kib(conn) == 16_384, "a reader gives the writer's cache back"
     finally:
         store.dispose()
+
+
+def test_postgresql_commits_webhook_events_in_id_order_so_the_sensor_cursor_skips_none(postgres_store):
+    """Ids come from a sequence at INSERT, not at commit: were a later event's id committed while an
+    earlier one's transaction was still open, the sensor would move its cursor past the earlier one."""
+    store = postgres_store
+    held, release = threading.Event(), threading.Event()
+
+    def hold_first_commit(_conn):  # the first request pauses after its insert, before its commit
+        if threading.current_thread().name == "first":
+            held.set()
+            assert release.wait(60)
+
+    sa.event.listen(store.engine, "commit", hold_first_commit)
+    ids: dict[str, int] = {}
+
+    def record(subdomain):
+        ids[subdomain] = store.record_webhook(subdomain, {"pages": 1})[2]
+
+    first = threading.Thread(target=record, args=("first.ca",), name="first")
+    second = threading.Thread(target=record, args=("second.ca",), name="second")
+    waiting_on_lock = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'webhook_events'::regclass"
+    try:
+        first.start()
+        assert held.wait(60), "the first event was inserted and its transaction is open"
+        second.start()
+        with store.engine.connect() as conn:
+            wait_until(lambda: conn.exec_driver_sql(waiting_on_lock).scalar() or not second.is_alive(),
+                       what="the second request to wait on a lock or finish")
+        assert second.is_alive(), "the second event waits for the first's commit"
+        assert store.webhook_events_after(0) == [], "nothing is visible while the first is uncommitted"
+    finally:
+        release.set()
+        first.join(60)
+        second.join(60)
+        sa.event.remove(store.engine, "commit", hold_first_commit)
+    assert ids["first.ca"] < ids["second.ca"]
+    assert [e["id"] for e in store.webhook_events_after(0)] == [ids["first.ca"], ids["second.ca"]]

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import random
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -161,7 +162,7 @@ class FaultProxy:
         if not match:
             return {}
         page = {**match.groupdict(), "query": req.target.partition("?")[2], "fault": fault,
-                "status": None}
+                "status": None, "received_at": time.monotonic()}  # lets tests measure retry waits
         self.stats.table_pages.append(page)
         return page
 

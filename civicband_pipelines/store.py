@@ -304,6 +304,8 @@ class MeetingStore:
         """
         if not sync.window:
             conn.execute(_stale(rejected_rows, municipality, document_type, sync.generation))
+        else:
+            _delete_stale_rejections_in_window(conn, municipality, document_type, sync)
         if sync.fresh:  # began empty, under the lease: nothing is stale, and it holds what it created
             deleted, actual = 0, backfill_jobs.c.pages_created + created  # no scan of the partition
         else:
@@ -453,6 +455,28 @@ def _partition_update(table: sa.Table, municipality: str, document_type: str):
 
 def _stale(table: sa.Table, municipality: str, document_type: str, generation: int):
     return sa.delete(table).where(*_in_partition(table, municipality, document_type), table.c.sync_generation != generation)
+
+
+def _delete_stale_rejections_in_window(conn: sa.Connection, municipality: str, document_type: str, sync: SyncStart) -> None:
+    """An incremental sync saw every upstream row whose date is within its window, compared as text
+    as civic.band compares it: an older rejection dated there was fixed or removed upstream."""
+    start, end = (day.isoformat() for day in sync.window)
+    older = sa.select(rejected_rows.c.id, rejected_rows.c.raw).where(
+        *_in_partition(rejected_rows, municipality, document_type), rejected_rows.c.sync_generation != sync.generation
+    )
+    stale = [row_id for row_id, raw in conn.execute(older) if start <= _raw_date(raw) <= end]
+    for chunk in range(0, len(stale), 10_000):  # within SQLite's limit on bound parameters
+        conn.execute(sa.delete(rejected_rows).where(rejected_rows.c.id.in_(stale[chunk:chunk + 10_000])))
+
+
+def _raw_date(raw: str) -> str:
+    """The date of a rejected row as upstream has it; "" (before any window) if it has no text date."""
+    try:
+        row = json.loads(raw)
+    except ValueError:
+        return ""
+    date = row.get("date") if isinstance(row, dict) else None
+    return date if isinstance(date, str) else ""
 
 
 def _job_update(municipality: str, document_type: str):

@@ -99,6 +99,33 @@ def test_incremental_sync_fetches_only_the_window_and_reconciles_it(client, stor
     assert store.job(municipality, "agenda")["mode"] == "incremental"
 
 
+def test_incremental_sync_drops_the_rejections_of_its_window_that_upstream_fixed_or_removed(client, store, replica_root):
+    import datetime as dt
+    import sqlite3
+
+    today = dt.date.today()
+    municipality = make_municipality(replica_root, documents=20, pages=(3, 3), text_chars=100,
+                                     start_date=today - dt.timedelta(days=60), end_date=today)
+    odd = {  # id -> (meeting, date): page "abc" makes each a rejection
+        "odd-fixed": ("Fixed Later", today.isoformat()), "odd-removed": ("Removed Later", today.isoformat()),
+        "odd-old": ("Long Ago", "2001-01-01"), "odd-undated": ("Undated", "TBD"),
+    }
+    db = replica_db(replica_root, municipality)
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO agendas (id, meeting, date, page, text) VALUES (?, ?, ?, 'abc', 'x')",
+                         [(i, m, d) for i, (m, d) in odd.items()])
+    sync_partition(client, store, municipality, "agenda")
+    assert store.rejected_ids(municipality, "agenda") == set(odd)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE agendas SET page = 1 WHERE id = 'odd-fixed'")
+        conn.execute("DELETE FROM agendas WHERE id = 'odd-removed'")
+
+    sync_partition(client, store, municipality, "agenda", mode="incremental")
+    assert store.rejected_ids(municipality, "agenda") == {"odd-old", "odd-undated"}  # outside the window: kept
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+    assert verify_counts(client, store, municipality, "agenda").passed
+
+
 def test_incremental_on_a_never_synced_partition_becomes_a_full_sync(client, store, replica_root, municipality):
     result = sync_partition(client, store, municipality, "agenda", mode="incremental")
     assert result.mode == "full"

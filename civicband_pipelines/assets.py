@@ -70,6 +70,7 @@ def meeting_pages(
                 trigger=context.run.tags.get(TRIGGER_TAG, "ui"),
                 lease_wait=config.lease_wait_seconds,
                 run_id=context.run_id,
+                on_dead_run=lambda run_id: report_dead_run(context.instance, run_id, context.partition_key),
                 log=context.log,
             )
         except (UpstreamError, MunicipalityBusy, InvalidSubdomain, LeaseLost) as error:  # a clear message, not a traceback
@@ -78,6 +79,15 @@ def meeting_pages(
     source = f"{client.site_url(municipality)}/meetings/{TABLES[document_type]}"
     local_pages = meeting_store.store().count_pages(municipality, document_type)
     return dg.MaterializeResult(metadata=sync_metadata(result, source) | {"dagster/row_count": local_pages})
+
+
+def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str) -> None:
+    """A run whose sync died without a word still shows as started, holding its municipality's slot in
+    the run queue (the default run launcher cannot watch run workers): report it failed. (If the sync
+    is not resumed first, that also lets Dagster's run retries start a run that resumes it.)"""
+    run = instance.get_run_by_id(run_id)
+    if run and run.status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+        instance.report_run_failed(run, f"{partition}: the run's process died (its municipality lease went stale)")
 
 
 def default_time_budget() -> float | None:

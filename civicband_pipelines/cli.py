@@ -11,10 +11,11 @@ import httpx
 
 from .client import CivicBandClient, TransientError, UpstreamError
 from .config import civicband_home, database_url_from_env
-from .leases import WAIT_FOREVER, active_lease, refusal, settle_dead_syncs
+from .leases import WAIT_FOREVER, active_lease, refusal
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
+from .sensors import settle_dead_runs
 from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 
 RESUMABLE = ("failed", "paused")
@@ -86,7 +87,7 @@ def _backfill(args: argparse.Namespace) -> int:
     instance, store = dagster_instance(), open_store(database_url_from_env())
     partitions = _partitions(instance, args)
     if args.resume:
-        settle_dead_syncs(store)  # a sync killed with no daemon to notice is still `running`: resume it too
+        settle_dead_runs(instance, store)  # a sync killed with no daemon to notice is still `running`: resume it too
         partitions = [(m, d) for m, d in partitions if (store.job(m, d) or {}).get("status") in RESUMABLE]
     if not partitions:
         print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))
@@ -239,7 +240,7 @@ def _register(instance: dg.DagsterInstance, subdomains: list[str]) -> list[str]:
 
 def _print_jobs(partitions: list[tuple[str, str]] | None) -> None:
     store = open_store(database_url_from_env())
-    settle_dead_syncs(store)
+    settle_dead_runs(dagster_instance(), store)
     jobs = store.jobs()
     if partitions is not None:
         jobs = [j for j in jobs if (j["municipality"], j["document_type"]) in set(partitions)]

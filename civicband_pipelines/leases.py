@@ -72,7 +72,7 @@ class MunicipalityLease:
                 if time.monotonic() >= deadline:
                     raise
                 if not waited:
-                    self.log.info("%s Waiting (up to %.0f s) for it to end.", busy, self.wait)
+                    self.log.info("%s Waiting for it to end (at most %s).", busy, dt.timedelta(seconds=round(self.wait)))
                     waited = True
                 time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.municipality}", daemon=True)
@@ -127,9 +127,9 @@ class MunicipalityLease:
             ))
 
     def _beat(self) -> None:
-        # A failed beat (say, the database busy for a moment) is retried at the next one: the lease
-        # only goes stale after four in a row. Should it be taken over all the same, the sync's next
-        # write finds out (store.LeaseLost).
+        # A failed beat (say, the database busy) is retried at the next one rather than ending the
+        # heartbeat. Should the lease go stale and be taken over all the same, the sync's next write
+        # finds out (store.LeaseLost) and stops.
         while not self._stop.wait(self.stale_after / 4):
             try:
                 with self.store.writer.begin() as conn:

@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from .assets import TRIGGER_TAG
+from .assets import TRIGGER_TAG, report_dead_run
 from .leases import WAIT_FOREVER, settle_dead_syncs
 from .naming import DOCUMENT_TYPES
 from .partitions import MUNICIPALITY, municipality_partitions, partition_key, partition_tags
@@ -65,8 +65,7 @@ def _webhook_run(store: MeetingStore, municipality: str, document_type: str, eve
 )
 def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingStoreResource) -> dg.SensorResult:
     store = meeting_store.store()
-    for job in settle_dead_syncs(store):
-        _fail_dead_run(context.instance, job)
+    settle_dead_runs(context.instance, store)
     requests = []
     for job in store.jobs():
         request = _followup(job)
@@ -79,14 +78,14 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
     return dg.SensorResult(run_requests=requests) if requests else dg.SensorResult(skip_reason="nothing to follow up")
 
 
-def _fail_dead_run(instance: dg.DagsterInstance, job: dict) -> None:
-    """A run whose sync died without a word still shows as started, holding its municipality's slot in
-    the run queue (the default run launcher cannot watch run workers): report it failed, which also
-    lets Dagster's run retries start a new run that resumes at the saved cursor."""
-    run = instance.get_run_by_id(job["run_id"]) if job["run_id"] else None
-    if run and run.status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
-        instance.report_run_failed(run, f"{job['municipality']}/{job['document_type']}: the run's process died "
-                                        "(its municipality lease went stale)")
+def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[dict]:
+    """Settle the syncs that died without a word (leases.settle_dead_syncs) and report their runs
+    failed (assets.report_dead_run), so that Dagster's run retries resume them. Returns the settled jobs."""
+    settled = settle_dead_syncs(store)
+    for job in settled:
+        if job["run_id"]:
+            report_dead_run(instance, job["run_id"], partition_key(job["municipality"], job["document_type"]))
+    return settled
 
 
 def _followup(job: dict) -> dg.RunRequest | None:
@@ -114,7 +113,7 @@ def _sync_request(municipality: str, document_type: str, key: str, trigger: str,
 
 
 def _has_pending_run(instance: dg.DagsterInstance, municipality: str, document_type: str, statuses=_PENDING) -> bool:
-    """A sync of the partition waits to start (or, with _UNFINISHED, has not finished). A verify_job
-    run fetches no pages: it does not count."""
-    runs_filter = dg.RunsFilter(job_name="meeting_pages_job", tags=partition_tags(municipality, document_type), statuses=statuses)
-    return bool(instance.get_run_records(filters=runs_filter, limit=1))
+    """A sync of the partition waits to start (or, with _UNFINISHED, has not finished): a run of
+    meeting_pages_job or of the UI's Materialize button; a verify_job run fetches no pages."""
+    runs_filter = dg.RunsFilter(tags=partition_tags(municipality, document_type), statuses=statuses)
+    return any(record.dagster_run.job_name != "verify_job" for record in instance.get_run_records(filters=runs_filter))

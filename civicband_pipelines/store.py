@@ -35,6 +35,8 @@ class SyncStart:
     fresh: bool = False
     # The municipality lease this sync holds (leases.py): its writes check it is still theirs.
     holder: str | None = None
+    # The run of a sync that died while `running` (its lease is ours now): nobody else will say so.
+    dead_run_id: str | None = None
 
     @property
     def filters(self) -> dict[str, str]:
@@ -210,6 +212,8 @@ class MeetingStore:
                                   fresh=empty, holder=holder)
                 values |= _fresh_sync_values(start)
             conn.execute(_job_update(municipality, document_type).values(**values))
+            if job.status == "running" and job.run_id not in (None, run_id):
+                start = dataclasses.replace(start, dead_run_id=job.run_id)
             return start
 
     def write_batch(
@@ -465,8 +469,8 @@ def _delete_stale_rejections_in_window(conn: sa.Connection, municipality: str, d
         *_in_partition(rejected_rows, municipality, document_type), rejected_rows.c.sync_generation != sync.generation
     )
     stale = [row_id for row_id, raw in conn.execute(older) if start <= _raw_date(raw) <= end]
-    for chunk in range(0, len(stale), 10_000):  # within SQLite's limit on bound parameters
-        conn.execute(sa.delete(rejected_rows).where(rejected_rows.c.id.in_(stale[chunk:chunk + 10_000])))
+    for chunk in range(0, len(stale), 900):  # within SQLite's limit on bound parameters (999 before 3.32)
+        conn.execute(sa.delete(rejected_rows).where(rejected_rows.c.id.in_(stale[chunk:chunk + 900])))
 
 
 def _raw_date(raw: str) -> str:
@@ -484,12 +488,13 @@ def _job_update(municipality: str, document_type: str):
 
 
 def _holds_lease(conn: sa.Connection, municipality: str, sync: SyncStart) -> bool:
-    """The sync still holds its municipality's lease, read in the writer's transaction: a takeover
-    (leases.py replaces the row, also under the writer lock) cannot slip in before this commits."""
+    """The sync still holds its municipality's lease, read in the writer's transaction so that a
+    takeover (leases.py replaces the row) cannot slip in before it commits: SQLite has one writer at a
+    time, and on PostgreSQL the row stays share-locked (FOR SHARE) until commit."""
     if sync.holder is None:  # a caller without a lease (tests of the store itself)
         return True
     query = sa.select(sync_leases.c.holder).where(sync_leases.c.municipality == municipality)
-    return conn.execute(query).scalar() == sync.holder
+    return conn.execute(query.with_for_update(read=True)).scalar() == sync.holder
 
 
 def _fresh_sync_values(start: SyncStart) -> dict:

@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .client import MAX_PAGE_SIZE, CivicBandClient, Page
@@ -86,6 +86,7 @@ def sync_partition(
     trigger: str = "cli",
     lease_wait: float = 0.0,
     run_id: str | None = None,
+    on_dead_run: Callable[[str], None] | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> SyncResult:
     """Sync one partition, resuming the saved cursor of an unfinished sync unless `restart`.
@@ -97,7 +98,8 @@ def sync_partition(
     at a checkpoint with status `paused` (a sensor chains a continuation run). Holds the
     municipality's lease throughout: waits up to `lease_wait` seconds while another sync has it, then
     raises MunicipalityBusy. Each batch of `batch_size` rows (default: the store's; fetched in pages
-    of at most MAX_PAGE_SIZE) is committed with the cursor after it.
+    of at most MAX_PAGE_SIZE) is committed with the cursor after it. Resuming a sync whose process
+    died, it calls `on_dead_run` with that sync's run id.
     """
     validate_subdomain(municipality)
     validate_document_type(document_type)
@@ -114,6 +116,8 @@ def sync_partition(
             holder=lease.holder,
         )
         result = SyncResult(municipality, document_type, mode=start.mode, generation=start.generation)
+        if start.dead_run_id and on_dead_run:
+            on_dead_run(start.dead_run_id)
         if start.resumed:
             result.resumed_from = start.cursor
             log.info("%s/%s: resuming %s sync %d at cursor %r", municipality, document_type, start.mode, start.generation, start.cursor)

@@ -90,6 +90,14 @@ def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cl
     assert metadata["pages_fetched"] <= total - saved + 7
     assert store.job(municipality, "agenda")["pages_fetched"] == total
     assert_equals_upstream(store, replica_root, municipality, "agenda")
+    # The killed run no longer shows as started (that would hold the municipality's run-queue slot).
+    assert run_status(cli_env, job["run_id"]) == dg.DagsterRunStatus.FAILURE
+
+
+def run_status(env, run_id: str) -> dg.DagsterRunStatus:
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    with dg.DagsterInstance.get() as instance:
+        return instance.get_run_by_id(run_id).status
 
 
 def test_a_suspended_sync_whose_lease_was_taken_over_stops_without_writing(cli_env, store, store_url, replica, replica_root, municipality):

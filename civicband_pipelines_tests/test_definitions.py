@@ -112,7 +112,7 @@ def test_webhook_sensor_registers_new_municipalities_and_requests_runs_once(inst
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
 
 
-@pytest.mark.parametrize("queued_job, runs_requested", [("verify_job", True), ("meeting_pages_job", False)])
+@pytest.mark.parametrize("queued_job, runs_requested", [("verify_job", True), ("meeting_pages_job", False), ("__ASSET_JOB", False)])
 def test_a_queued_sync_of_the_partition_stands_in_for_a_webhook_run_but_a_queued_verification_does_not(
     instance, store, store_url, queued_job, runs_requested
 ):

@@ -4,6 +4,7 @@ import datetime as dt
 import logging
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -11,6 +12,9 @@ import sqlalchemy as sa
 
 from civicband_pipelines.leases import MunicipalityBusy, MunicipalityLease, SyncOwner, active_lease, settle_dead_syncs
 from civicband_pipelines.schema import sync_leases
+from civicband_pipelines.store import LeaseLost
+
+from .conftest import wait_until
 
 OWNER = SyncOwner("agenda", "incremental", "webhook", "run-1")
 
@@ -99,5 +103,53 @@ def test_a_sync_waiting_for_a_busy_municipality_says_so_once(store, caplog):
         with caplog.at_level(logging.INFO, "civicband_pipelines.leases"), pytest.raises(MunicipalityBusy):
             with MunicipalityLease(store, "oakland.ca", SyncOwner("minutes"), wait=2.5):
                 pass
-    waiting = [r.getMessage() for r in caplog.records if "Waiting (up to 2 s)" in r.getMessage()]
+    waiting = [r.getMessage() for r in caplog.records if "Waiting for it to end (at most 0:00:02)" in r.getMessage()]
     assert len(waiting) == 1 and waiting[0].startswith("Backfill already in progress for oakland.ca"), caplog.text
+
+
+def test_postgresql_fences_off_a_sync_that_lost_its_advisory_lock_even_mid_write(postgres_store):
+    """The lock's session can die while its sync goes on (idle_session_timeout, a dropped connection);
+    then another sync may take over. A batch being written holds the lease row until it commits, so the
+    takeover waits for it; the sync's next batch finds the lease gone."""
+    store = postgres_store
+    with MunicipalityLease(store, "oakland.ca", OWNER) as first:
+        start = store.start_sync("oakland.ca", "agenda", restart=False, run_id="first", holder=first.holder)
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                                 " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        held, release, taken, done = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+        def pause_the_first_write(_conn):
+            if threading.current_thread().name == "first-write":
+                held.set()
+                assert release.wait(60)
+
+        def take_over():
+            with MunicipalityLease(store, "oakland.ca", SyncOwner("agenda"), stale_after=1):
+                taken.set()
+                assert done.wait(60)  # holds the lease to the end
+
+        sa.event.listen(store.engine, "commit", pause_the_first_write)
+        write = threading.Thread(target=store.write_batch, args=("oakland.ca", "agenda", start, [], [], "c1"), name="first-write")
+        second = threading.Thread(target=take_over, name="second")
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+        try:
+            write.start()
+            assert held.wait(60), "the first sync's batch is written, not yet committed"
+            second.start()
+            with store.engine.connect() as conn:
+                wait_until(lambda: conn.exec_driver_sql(waiting).scalar() or taken.is_set(), what="the takeover to wait or finish")
+            assert not taken.is_set(), "the takeover waits for the batch's commit"
+            release.set()
+            write.join(60)
+            assert taken.wait(60)
+            assert store.job("oakland.ca", "agenda")["last_cursor"] == "c1"  # committed before the takeover
+            with pytest.raises(LeaseLost, match="another sync took over"):
+                store.write_batch("oakland.ca", "agenda", start, [], [], "c2")
+            assert store.job("oakland.ca", "agenda")["last_cursor"] == "c1"
+        finally:
+            release.set()
+            done.set()
+            write.join(60)
+            second.join(60)
+            sa.event.remove(store.engine, "commit", pause_the_first_write)

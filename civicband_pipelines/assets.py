@@ -70,7 +70,7 @@ def meeting_pages(
                 trigger=context.run.tags.get(TRIGGER_TAG, "ui"),
                 lease_wait=config.lease_wait_seconds,
                 run_id=context.run_id,
-                on_dead_run=lambda run_id: report_dead_run(context.instance, run_id, context.partition_key),
+                on_dead_run=lambda dead: report_dead_run(context.instance, dead, context.partition_key, resumed_by=context.run_id),
                 log=context.log,
             )
         except (UpstreamError, MunicipalityBusy, InvalidSubdomain, LeaseLost) as error:  # a clear message, not a traceback
@@ -81,12 +81,17 @@ def meeting_pages(
     return dg.MaterializeResult(metadata=sync_metadata(result, source) | {"dagster/row_count": local_pages})
 
 
-def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str) -> None:
+def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, resumed_by: str | None = None) -> None:
     """A run whose sync died without a word still shows as started, holding its municipality's slot in
-    the run queue (the default run launcher cannot watch run workers): report it failed. (If the sync
-    is not resumed first, that also lets Dagster's run retries start a run that resumes it.)"""
+    the run queue (the default run launcher cannot watch run workers). Reported failed, it gets a run
+    retry that resumes its sync; if run `resumed_by` has resumed it already, it is reported canceled
+    instead, so that no retry does the work twice."""
     run = instance.get_run_by_id(run_id)
-    if run and run.status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+    if not run or run.status not in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+        return
+    if resumed_by:
+        instance.report_run_canceled(run, f"{partition}: the run's process died; run {resumed_by} resumed its sync")
+    else:
         instance.report_run_failed(run, f"{partition}: the run's process died (its municipality lease went stale)")
 
 

@@ -87,8 +87,7 @@ def _backfill(args: argparse.Namespace) -> int:
     instance, store = dagster_instance(), open_store(database_url_from_env())
     partitions = _partitions(instance, args)
     if args.resume:
-        settle_dead_runs(instance, store)  # a sync killed with no daemon to notice is still `running`: resume it too
-        partitions = [(m, d) for m, d in partitions if (store.job(m, d) or {}).get("status") in RESUMABLE]
+        partitions = [(m, d) for m, d in partitions if _resumable(store, store.job(m, d))]
     if not partitions:
         print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))
         return 0
@@ -105,6 +104,12 @@ def _backfill(args: argparse.Namespace) -> int:
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _resumable(store, job: dict | None) -> bool:
+    """Failed or paused, or killed while `running` (its lease is gone) with no daemon to settle it yet."""
+    status = (job or {}).get("status")
+    return status in RESUMABLE or (status == "running" and active_lease(store, job["municipality"]) is None)
 
 
 def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, str]], run_config: dict):

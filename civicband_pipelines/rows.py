@@ -167,5 +167,11 @@ def storable_id(upstream_id: str) -> str:
     return _UNSTORABLE.sub(lambda match: f"\\u{ord(match[0]):04x}", upstream_id)[:MAX_ID_LENGTH]
 
 
+def duplicate_rejection(record: PageRecord, kept: PageRecord) -> Rejection:
+    """A row that repeats the page key (meeting, date, page) of a row kept in its stead."""
+    row = dict(zip(("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json"), record))
+    return Rejection(storable_id(record.upstream_id), f"duplicate page: same meeting, date and page as id {kept.upstream_id!r}", _raw(row))
+
+
 def _raw(row: object) -> str:
     return json.dumps(row, default=repr)

@@ -113,7 +113,11 @@ def _sync_request(municipality: str, document_type: str, key: str, trigger: str,
 
 
 def _has_pending_run(instance: dg.DagsterInstance, municipality: str, document_type: str, statuses=_PENDING) -> bool:
-    """A sync of the partition waits to start (or, with _UNFINISHED, has not finished): a run of
-    meeting_pages_job or of the UI's Materialize button; a verify_job run fetches no pages."""
+    """A sync of the partition waits to start (or, with _UNFINISHED, has not finished)."""
     runs_filter = dg.RunsFilter(tags=partition_tags(municipality, document_type), statuses=statuses)
-    return any(record.dagster_run.job_name != "verify_job" for record in instance.get_run_records(filters=runs_filter))
+    return any(_syncs(record.dagster_run) for record in instance.get_run_records(filters=runs_filter))
+
+
+def _syncs(run: dg.DagsterRun) -> bool:
+    """meeting_pages_job, or a UI run that materializes meeting_pages (not verify_job, not a check alone)."""
+    return run.job_name == "meeting_pages_job" or dg.AssetKey("meeting_pages") in (run.asset_selection or ())

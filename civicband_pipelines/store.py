@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .migrations import upgrade
 from .page_writes import write_pages
-from .rows import PageRecord, Rejection
+from .rows import PageRecord, Rejection, duplicate_rejection
 from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events
 
 MIN_SQLITE = (3, 24)  # batch writes are UPSERTs (page_writes.py)
@@ -230,7 +230,8 @@ class MeetingStore:
         `next_cursor` None means this was the last page: the sync completes in the same
         transaction, removing the pages this sync never saw upstream.
         """
-        records = _dedupe_by_key(records)
+        records, duplicates = _dedupe_by_key(records)
+        rejections = rejections + duplicates if duplicates else rejections
         partition = {"municipality": municipality, "document_type": document_type, "sync_generation": sync.generation}
         with self.writer.begin() as conn:
             if not _holds_lease(conn, municipality, sync):
@@ -506,9 +507,19 @@ def _fresh_sync_values(start: SyncStart) -> dict:
     } | dict.fromkeys(counters, 0)
 
 
-def _dedupe_by_key(records: list[PageRecord]) -> list[PageRecord]:
-    # One statement may not touch a row twice (PostgreSQL ON CONFLICT): the later row wins.
-    return list({(r.meeting_name, r.meeting_date, r.page_number): r for r in records}.values())
+def _dedupe_by_key(records: list[PageRecord]) -> tuple[list[PageRecord], list[Rejection]]:
+    """One row per page key (one statement may not touch a row twice: PostgreSQL ON CONFLICT). The
+    later row wins, as it would from a later batch; an earlier one with another id becomes a rejection,
+    so that it is kept and counted (the check adds rejections to the pages)."""
+    unique = {(r.meeting_name, r.meeting_date, r.page_number): r for r in records}
+    if len(unique) == len(records):  # nearly always
+        return records, []
+    duplicates = []
+    for record in records:
+        kept = unique[(record.meeting_name, record.meeting_date, record.page_number)]
+        if record is not kept and record.upstream_id != kept.upstream_id:
+            duplicates.append(duplicate_rejection(record, kept))
+    return list(unique.values()), duplicates
 
 
 def _dedupe_rejections(rejections: list[Rejection]) -> list[Rejection]:

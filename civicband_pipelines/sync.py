@@ -117,7 +117,10 @@ def sync_partition(
         )
         result = SyncResult(municipality, document_type, mode=start.mode, generation=start.generation)
         if start.dead_run_id and on_dead_run:
-            on_dead_run(start.dead_run_id)
+            try:
+                on_dead_run(start.dead_run_id)
+            except Exception as error:  # only bookkeeping about another run: the sync goes on
+                log.warning("%s/%s: could not report dead run %s: %s", municipality, document_type, start.dead_run_id, error)
         if start.resumed:
             result.resumed_from = start.cursor
             log.info("%s/%s: resuming %s sync %d at cursor %r", municipality, document_type, start.mode, start.generation, start.cursor)

@@ -112,14 +112,19 @@ def test_webhook_sensor_registers_new_municipalities_and_requests_runs_once(inst
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
 
 
-@pytest.mark.parametrize("queued_job, runs_requested", [("verify_job", True), ("meeting_pages_job", False), ("__ASSET_JOB", False)])
+@pytest.mark.parametrize("queued_job, assets, runs_requested", [
+    ("verify_job", None, True), ("meeting_pages_job", None, False),
+    ("__ASSET_JOB", {"meeting_pages"}, False), ("__ASSET_JOB", None, True),  # the UI: Materialize, or checks alone
+])
 def test_a_queued_sync_of_the_partition_stands_in_for_a_webhook_run_but_a_queued_verification_does_not(
-    instance, store, store_url, queued_job, runs_requested
+    instance, store, store_url, queued_job, assets, runs_requested
 ):
     instance.add_dynamic_partitions(MUNICIPALITY, ["oakland.ca"])
+    selection = frozenset(dg.AssetKey(a) for a in assets) if assets else None
     for document_type in DOCUMENT_TYPES:
         tags = partition_tags("oakland.ca", document_type)
-        instance.add_run(dg.DagsterRun(job_name=queued_job, status=dg.DagsterRunStatus.NOT_STARTED, tags=tags))
+        instance.add_run(dg.DagsterRun(job_name=queued_job, status=dg.DagsterRunStatus.NOT_STARTED, tags=tags,
+                                       asset_selection=selection))
     store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 10})
     requested = [r.partition_key for r in _webhook_tick(instance, store_url).run_requests]
     assert sorted(requested) == (sorted(partition_key("oakland.ca", d) for d in DOCUMENT_TYPES) if runs_requested else [])

@@ -1,6 +1,7 @@
 """Batch writes of the store, on SQLite and PostgreSQL: what goes in comes back byte for byte, and
 every batch says exactly what it created, updated and left unchanged."""
 
+import json
 import threading
 
 import pytest
@@ -62,10 +63,15 @@ def test_the_stored_text_is_upstreams_even_when_the_id_did_not_change(store):
     assert local(store)[1][4] == "second OCR"
 
 
-def test_the_later_of_two_rows_with_one_key_wins(store):
-    counts = write(store, [page(1, "first", upstream_id="a"), page(1, "second", upstream_id="b")])
-    assert (counts.created, counts.updated, counts.unchanged) == (1, 0, 0)
+def test_the_later_of_two_rows_with_one_key_wins_and_the_earlier_is_kept_as_a_rejection(store):
+    counts = write(store, [page(1, "first", upstream_id="a"), page(2), page(1, "second", upstream_id="b")])
+    assert (counts.created, counts.updated, counts.unchanged, counts.rejected) == (2, 0, 0, 1)
     assert local(store)[1][4] == "second"
+    (rejection,) = store.rejections(M, D)
+    assert rejection["upstream_id"] == "a" and rejection["reason"] == "duplicate page: same meeting, date and page as id 'b'"
+    assert (json.loads(rejection["raw"])["id"], json.loads(rejection["raw"])["text"]) == ("a", "first")
+    job = store.job(M, D)
+    assert (job["pages_fetched"], job["rejected_count"]) == (3, 1)  # every row is a page or a rejection
 
 
 def test_a_first_sync_is_fresh_and_a_page_met_twice_in_it_is_updated(store):

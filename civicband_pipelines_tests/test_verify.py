@@ -126,6 +126,20 @@ def test_incremental_sync_drops_the_rejections_of_its_window_that_upstream_fixed
     assert verify_counts(client, store, municipality, "agenda").passed
 
 
+def test_a_page_upstream_has_twice_in_a_batch_is_kept_once_and_the_other_row_is_a_rejection(client, store, replica_root):
+    import sqlite3
+
+    municipality = make_municipality(replica_root, documents=10, pages=(3, 3), text_chars=100)
+    db = replica_db(replica_root, municipality)
+    with sqlite3.connect(db) as conn:  # the same meeting, date and page under another id
+        conn.execute("INSERT INTO agendas (id, meeting, date, page, text) SELECT id || '-twin', meeting, date, page, 'twin'"
+                     " FROM agendas ORDER BY id LIMIT 1")
+    result = sync_partition(client, store, municipality, "agenda")  # one batch
+    assert result.rejected == 1 and len(store.rejected_ids(municipality, "agenda")) == 1
+    assert verify_counts(client, store, municipality, "agenda").passed
+    assert verify_ids(client, store, municipality, "agenda").passed
+
+
 def test_incremental_on_a_never_synced_partition_becomes_a_full_sync(client, store, replica_root, municipality):
     result = sync_partition(client, store, municipality, "agenda", mode="incremental")
     assert result.mode == "full"

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--document-type", choices=DOCUMENT_TYPES, help="default: both")
     backfill.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
     mode = backfill.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed or was paused")
+    mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed, was paused or died")
     mode.add_argument("--restart", action="store_true", help="ignore saved cursors and start new full syncs")
     mode.add_argument("--verify-only", action="store_true", help="fetch nothing; verify as `civicband verify` does")
     backfill.add_argument("--wait", action="store_true", help="wait for a busy municipality instead of refusing")

@@ -15,6 +15,8 @@ MAX_ID_LENGTH = 255
 # longer row fails its batch's COPY on every run): 500 characters is 2000 bytes even in 4-byte UTF-8.
 MAX_MEETING_LENGTH = 500
 MAX_PAGE = 2**31 - 1  # the store's page_number is a 32-bit integer
+# civic.band's columns of agendas and minutes, in PageRecord's order.
+UPSTREAM_COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
 
 
 class PageRecord(NamedTuple):
@@ -169,7 +171,7 @@ def storable_id(upstream_id: str) -> str:
 
 def duplicate_rejection(record: PageRecord, kept: PageRecord) -> Rejection:
     """A row that repeats the page key (meeting, date, page) of a row kept in its stead."""
-    row = dict(zip(("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json"), record))
+    row = dict(zip(UPSTREAM_COLUMNS, record))
     return Rejection(storable_id(record.upstream_id), f"duplicate page: same meeting, date and page as id {kept.upstream_id!r}", _raw(row))
 
 

@@ -4,9 +4,8 @@ import sqlite3
 from pathlib import Path
 
 from civicband_pipelines.naming import TABLES
+from civicband_pipelines.rows import UPSTREAM_COLUMNS as COLUMNS
 from civicband_pipelines.rows import PageRecord, Rejection, parse_row
-
-COLUMNS = ("id", "meeting", "date", "page", "text", "page_image", "entities_json", "votes_json")
 
 
 def replica_db(root: Path, subdomain: str) -> Path:

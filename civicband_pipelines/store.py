@@ -7,21 +7,17 @@ cursor is never ahead of durable rows.
 import dataclasses
 import datetime as dt
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .engines import create_store_engine
 from .migrations import upgrade
 from .page_writes import write_pages
 from .rows import PageRecord, Rejection, duplicate_rejection
 from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events
-
-MIN_SQLITE = (3, 24)  # batch writes are UPSERTs (page_writes.py)
-
 
 @dataclass(frozen=True)
 class SyncStart:
@@ -61,45 +57,6 @@ class LeaseLost(RuntimeError):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def create_store_engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite"):
-        if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise RuntimeError(f"the SQLite store needs SQLite {'.'.join(map(str, MIN_SQLITE))}+; this Python has {sqlite3.sqlite_version}")
-        path = sa.engine.make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
-        sa.event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
-# Page cache of a connection (KiB; SQLite's default is 2 MB), filled only as pages are touched. A
-# sync's writes touch its partition's page-key index at random (33 MB at 550,000 pages) next to the
-# batch's new rows; with less, SQLite spills dirty index pages before the commit and writes them
-# again (bench/README.md). Readers keep less, since a process may pool several connections.
-_WRITER_CACHE_KIB, _READER_CACHE_KIB = 65_536, 16_384
-
-
-def _sqlite_begin(conn: sa.Connection) -> None:
-    writer = conn.get_execution_options().get("writer")
-    conn.exec_driver_sql(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB if writer else _READER_CACHE_KIB}")
-    # Writers take the lock at BEGIN: deferred transactions that upgrade later fail under load.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
-
-
-def _sqlite_on_connect(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    # 64 KB pages (a new file only): a commit writes each page it touched as one WAL frame, and the
-    # page-key index is touched at random, so fewer, larger pages mean fewer frames (bench/README.md).
-    cursor.execute("PRAGMA page_size=65536")
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers (UI, checks) never block the writer
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA wal_autocheckpoint=1000")  # pages: 64 MB of WAL between checkpoints
-    cursor.close()
 
 
 # Rows a sync commits at a time unless told otherwise, as measured best (bench/README.md). SQLite:
@@ -271,13 +228,13 @@ class MeetingStore:
             self._merging.add(partition)
         return written.created, written.updated, written.unchanged
 
-    def stop_sync(self, municipality: str, document_type: str, status: str, error: str | None, sync: SyncStart | None = None) -> None:
+    def stop_sync(self, municipality: str, document_type: str, sync: SyncStart, status: str, error: str | None) -> None:
         """Mark an interrupted sync `failed` or `paused`; its cursor stays for the next run.
 
         A sync that lost its lease leaves the job to the sync that took over.
         """
         with self.writer.begin() as conn:
-            if sync is not None and not _holds_lease(conn, municipality, sync):
+            if not _holds_lease(conn, municipality, sync):
                 return
             conn.execute(
                 _job_update(municipality, document_type)

@@ -143,15 +143,15 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
             out_of_time = _land(_batches(pages, pages_per_batch), store, start, result, time_budget, log)
     except Exception as error:
         result.status = "failed"
-        store.stop_sync(municipality, document_type, "failed", f"{type(error).__name__}: {error}", start)
+        store.stop_sync(municipality, document_type, start, "failed", f"{type(error).__name__}: {error}")
         raise
     except BaseException:  # KeyboardInterrupt, run termination: resumable, not broken
         result.status = "paused"
-        store.stop_sync(municipality, document_type, "paused", "interrupted", start)
+        store.stop_sync(municipality, document_type, start, "paused", "interrupted")
         raise
     if out_of_time:
         result.status = "paused"
-        store.stop_sync(municipality, document_type, "paused", f"{BUDGET_PAUSE} of {time_budget:.0f} s reached", start)
+        store.stop_sync(municipality, document_type, start, "paused", f"{BUDGET_PAUSE} of {time_budget:.0f} s reached")
     else:
         result.status = "completed"
 

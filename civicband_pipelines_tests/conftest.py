@@ -1,11 +1,14 @@
 """Shared fixtures: a real Datasette replica (with its fault proxy) and real stores (SQLite, PostgreSQL)."""
 
+import contextlib
 import itertools
 import os
+import threading
 import time
 import warnings
 
 import pytest
+import sqlalchemy as sa
 
 from civicband_pipelines.client import CivicBandClient
 from civicband_pipelines.config import ClientSettings
@@ -56,6 +59,31 @@ def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def commit_held(engine: sa.Engine, thread_name: str):
+    """The thread named `thread_name` pauses in its next commit on `engine` (its statements done) until
+    the test lets it go. Yields (held, release) events; join that thread before the block ends."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_conn):
+        if threading.current_thread().name == thread_name:
+            held.set()
+            assert release.wait(60)
+
+    sa.event.listen(engine, "commit", hold)
+    try:
+        yield held, release
+    finally:
+        release.set()
+        sa.event.remove(engine, "commit", hold)
+
+
+def wait_for_a_lock_wait(engine: sa.Engine, finished, what: str) -> None:
+    """Until a session of the PostgreSQL server waits for a lock, or `finished()` (it did not wait)."""
+    with engine.connect() as conn:
+        wait_until(lambda: conn.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").scalar() or finished(), what=what)
 
 
 def make_municipality(root, documents: int, pages: tuple[int, int], odd_rows: bool = False, **options) -> str:

@@ -14,7 +14,7 @@ from civicband_pipelines.leases import MunicipalityBusy, MunicipalityLease, Sync
 from civicband_pipelines.schema import sync_leases
 from civicband_pipelines.store import LeaseLost
 
-from .conftest import wait_until
+from .conftest import commit_held, wait_for_a_lock_wait
 
 OWNER = SyncOwner("agenda", "incremental", "webhook", "run-1")
 
@@ -117,39 +117,31 @@ def test_postgresql_fences_off_a_sync_that_lost_its_advisory_lock_even_mid_write
         with store.engine.connect() as conn:
             conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
                                  " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
-        held, release, taken, done = threading.Event(), threading.Event(), threading.Event(), threading.Event()
-
-        def pause_the_first_write(_conn):
-            if threading.current_thread().name == "first-write":
-                held.set()
-                assert release.wait(60)
+        taken, done = threading.Event(), threading.Event()
 
         def take_over():
             with MunicipalityLease(store, "oakland.ca", SyncOwner("agenda"), stale_after=1):
                 taken.set()
                 assert done.wait(60)  # holds the lease to the end
 
-        sa.event.listen(store.engine, "commit", pause_the_first_write)
         write = threading.Thread(target=store.write_batch, args=("oakland.ca", "agenda", start, [], [], "c1"), name="first-write")
         second = threading.Thread(target=take_over, name="second")
-        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
-        try:
-            write.start()
-            assert held.wait(60), "the first sync's batch is written, not yet committed"
-            second.start()
-            with store.engine.connect() as conn:
-                wait_until(lambda: conn.exec_driver_sql(waiting).scalar() or taken.is_set(), what="the takeover to wait or finish")
-            assert not taken.is_set(), "the takeover waits for the batch's commit"
-            release.set()
-            write.join(60)
-            assert taken.wait(60)
-            assert store.job("oakland.ca", "agenda")["last_cursor"] == "c1"  # committed before the takeover
-            with pytest.raises(LeaseLost, match="another sync took over"):
-                store.write_batch("oakland.ca", "agenda", start, [], [], "c2")
-            assert store.job("oakland.ca", "agenda")["last_cursor"] == "c1"
-        finally:
-            release.set()
-            done.set()
-            write.join(60)
-            second.join(60)
-            sa.event.remove(store.engine, "commit", pause_the_first_write)
+        with commit_held(store.engine, "first-write") as (held, release):
+            try:
+                write.start()
+                assert held.wait(60), "the first sync's batch is written, not yet committed"
+                second.start()
+                wait_for_a_lock_wait(store.engine, taken.is_set, "the takeover to wait or finish")
+                assert not taken.is_set(), "the takeover waits for the batch's commit"
+                release.set()
+                write.join(60)
+                assert taken.wait(60)
+                assert store.job("oakland.ca", "agenda")["last_cursor"] == "c1"  # committed before the takeover
+                with pytest.raises(LeaseLost, match="another sync took over"):
+                    store.write_batch("oakland.ca", "agenda", start, [], [], "c2")
+                assert store.job("oakland.ca", "agenda")["last_cursor"] == "c1"
+            finally:
+                release.set()
+                done.set()
+                write.join(60)
+                second.join(60)

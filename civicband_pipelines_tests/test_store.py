@@ -5,14 +5,13 @@ import json
 import threading
 
 import pytest
-import sqlalchemy as sa
 
 from civicband_pipelines.page_writes import COLUMNS, write_pages
 from civicband_pipelines.rows import PageRecord, parse_rows
 from civicband_pipelines.schema import backfill_jobs
 from civicband_pipelines.store import utcnow
 
-from .conftest import wait_until
+from .conftest import commit_held, wait_for_a_lock_wait
 
 M, D = "oakland.ca", "agenda"
 
@@ -120,7 +119,7 @@ def test_a_sync_after_its_job_row_is_gone_still_removes_stale_rejections(store):
 def test_a_resumed_first_sync_is_still_fresh(store):
     start = store.start_sync(M, D, restart=True, run_id=None)
     store.write_batch(M, D, start, [page(1)], [], "c1")
-    store.stop_sync(M, D, "failed", "boom")
+    store.stop_sync(M, D, start, "failed", "boom")
     resumed = store.start_sync(M, D, restart=False, run_id=None)
     assert resumed.resumed and resumed.fresh and resumed.generation == start.generation
     store.write_batch(M, D, resumed, [page(2), page(3)], [], None)
@@ -198,14 +197,6 @@ def test_postgresql_commits_webhook_events_in_id_order_so_the_sensor_cursor_skip
     """Ids come from a sequence at INSERT, not at commit: were a later event's id committed while an
     earlier one's transaction was still open, the sensor would move its cursor past the earlier one."""
     store = postgres_store
-    held, release = threading.Event(), threading.Event()
-
-    def hold_first_commit(_conn):  # the first request pauses after its insert, before its commit
-        if threading.current_thread().name == "first":
-            held.set()
-            assert release.wait(60)
-
-    sa.event.listen(store.engine, "commit", hold_first_commit)
     ids: dict[str, int] = {}
 
     def record(subdomain):
@@ -213,20 +204,17 @@ def test_postgresql_commits_webhook_events_in_id_order_so_the_sensor_cursor_skip
 
     first = threading.Thread(target=record, args=("first.ca",), name="first")
     second = threading.Thread(target=record, args=("second.ca",), name="second")
-    waiting_on_lock = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'webhook_events'::regclass"
-    try:
-        first.start()
-        assert held.wait(60), "the first event was inserted and its transaction is open"
-        second.start()
-        with store.engine.connect() as conn:
-            wait_until(lambda: conn.exec_driver_sql(waiting_on_lock).scalar() or not second.is_alive(),
-                       what="the second request to wait on a lock or finish")
-        assert second.is_alive(), "the second event waits for the first's commit"
-        assert store.webhook_events_after(0) == [], "nothing is visible while the first is uncommitted"
-    finally:
-        release.set()
-        first.join(60)
-        second.join(60)
-        sa.event.remove(store.engine, "commit", hold_first_commit)
+    with commit_held(store.engine, "first") as (held, release):  # the first request pauses before its commit
+        try:
+            first.start()
+            assert held.wait(60), "the first event was inserted and its transaction is open"
+            second.start()
+            wait_for_a_lock_wait(store.engine, lambda: not second.is_alive(), "the second request to wait on a lock or finish")
+            assert second.is_alive(), "the second event waits for the first's commit"
+            assert store.webhook_events_after(0) == [], "nothing is visible while the first is uncommitted"
+        finally:
+            release.set()
+            first.join(60)
+            second.join(60)
     assert ids["first.ca"] < ids["second.ca"]
     assert [e["id"] for e in store.webhook_events_after(0)] == [ids["first.ca"], ids["second.ca"]]

@@ -1,7 +1,10 @@
 """HTTP client for civic.band's Datasette API: keyset pages, exact counts, retries with backoff."""
 
+import bisect
 import json
 import logging
+import secrets
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +18,7 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000  # Datasette answers 400 above this
 MAX_RETRY_AFTER = 300.0
+ID_SPACE = 16**12  # civic.band's ids: the first 12 hex digits of a sha256, so evenly spread
 
 
 class UpstreamError(Exception):
@@ -76,22 +80,39 @@ class CivicBandClient:
         *,
         columns: tuple[str, ...] = (),
         filters: dict[str, str] | None = None,
+        id_ranges: int = 1,
     ) -> Page:
         """One keyset page of a table in primary-key order; `cursor` is the previous page's `next`.
 
         `columns` limits the columns (`_col`), `filters` are Datasette filters such as
-        {"date__gte": "2025-01-01"}.
+        {"date__gte": "2025-01-01"}. `id_ranges` > 1 (see `id_ranges_for`) bounds the request to the
+        range of ids its cursor is in; the page that ends a range has no rows of the next, and its
+        `next` is the range's end.
         """
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise ValueError(f"batch size must be between 1 and {MAX_PAGE_SIZE}, got {size}")
         params = [("_size", str(size)), *(("_col", c) for c in columns), *(filters or {}).items()]
         if cursor is not None:
             params.append(("_next", cursor))
+        range_end = _id_range_end(cursor, id_ranges)
+        if range_end is not None:
+            params.append(("id__lte", range_end))
         body = self._get_json(subdomain, f"/meetings/{TABLES[document_type]}.json", params)
         rows, next_cursor = body.get("rows"), body.get("next")
         if not isinstance(rows, list) or not (next_cursor is None or isinstance(next_cursor, str)):
             raise TransientError("malformed page: 'rows' is not a list or 'next' is not a string")
+        if next_cursor is None and range_end is not None:
+            next_cursor = range_end  # hex, so its own tilde encoding: the next range begins after it
         return Page(rows=rows, next_cursor=next_cursor)
+
+    def id_ranges_for(self, rows: int) -> int:
+        """How many ranges of ids a filtered paging of a table of about `rows` rows needs.
+
+        civic.band has no index for filters such as dates: a filtered page scans the table in id order
+        until it has its rows, and Datasette stops a query after 3 s. A sparse filter (an incremental
+        window of a large municipality) would scan the whole table in one request, on every retry.
+        """
+        return max(1, -(-rows // self.settings.max_scan_rows))
 
     def iter_pages(self, subdomain: str, document_type: str, size: int, cursor: str | None = None, **options) -> Iterator[Page]:
         while True:
@@ -151,6 +172,23 @@ class CivicBandClient:
         return body
 
 
+def _id_range_end(cursor: str | None, id_ranges: int) -> str | None:
+    """The end (inclusive) of the id range that the ids after `cursor` begin in; None for the last range.
+
+    Range k of n ends at k/n of the id space. Odd ids (not 12 hex digits) still fall into exactly one
+    range: ranges are compared as text, as SQLite compares the ids.
+    """
+    ends = [f"{ID_SPACE * k // id_ranges:012x}g" for k in range(1, id_ranges)]
+    position = bisect.bisect_right(ends, _tilde_decode(cursor)) if cursor is not None else 0
+    return ends[position] if position < len(ends) else None
+
+
+def _tilde_decode(token: str) -> str:
+    """A `next` token's key, as Datasette decodes `_next` (datasette.utils.tilde_decode)."""
+    temp = secrets.token_hex(16)  # keeps a literal % from being decoded
+    return urllib.parse.unquote_plus(token.replace("%", temp).replace("~", "%")).replace(temp, "%")
+
+
 def _raise_for_status(subdomain: str, url: str, response: httpx.Response) -> None:
     """Redirects, rate limits and server errors; other 4xx are judged by their body."""
     status = response.status_code
@@ -164,7 +202,17 @@ def _raise_for_status(subdomain: str, url: str, response: httpx.Response) -> Non
     if status == 402:
         raise RateLimited("HTTP 402 rate limit exceeded (set CIVICBAND_SERVICE_SECRET to lift it)", _retry_after(response))
     if status >= 500:
-        raise TransientError(f"HTTP {status} from {url}")
+        raise TransientError(f"HTTP {status} from {url}{_error_detail(response)}")
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """': <error>' from a JSON error body (Datasette's: a query stopped at its time limit says
+    'QueryInterrupted'), else ''."""
+    try:
+        error = json.loads(response.read()).get("error")
+    except (httpx.HTTPError, ValueError, UnicodeDecodeError, AttributeError):
+        return ""
+    return f": {str(error)[:200]}" if error else ""
 
 
 def _parse_json(content: bytes, status: int, url: httpx.URL) -> dict:

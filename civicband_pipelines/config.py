@@ -27,6 +27,9 @@ class ClientSettings:
     # civic.band's 402 (over 15 requests a minute) names no wait: retrying sooner than its one-minute
     # window is over only burns the retries.
     rate_limit_wait: float = 60.0
+    # Rows a filtered request may make civic.band scan (client.id_ranges_for): well within its 3 s
+    # time limit (a scan of 550,000 pages takes ~10 s on a 2-core machine).
+    max_scan_rows: int = 25_000
 
     @classmethod
     def from_env(cls) -> "ClientSettings":
@@ -38,6 +41,7 @@ class ClientSettings:
             retries=int(env.get("CIVICBAND_HTTP_RETRIES") or 3),
             backoff=float(env.get("CIVICBAND_HTTP_BACKOFF") or 1.0),
             rate_limit_wait=_seconds("CIVICBAND_HTTP_RATE_LIMIT_WAIT", 60.0),
+            max_scan_rows=_positive_int("CIVICBAND_MAX_SCAN_ROWS", 25_000),
         )
 
 
@@ -51,6 +55,17 @@ def _seconds(name: str, default: float) -> float:
     if not 0 <= seconds < math.inf:  # NaN too
         raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
     return seconds
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = os.environ.get(name) or str(default)
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return number
 
 
 def database_url_from_env() -> str:

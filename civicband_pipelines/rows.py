@@ -59,7 +59,7 @@ def parse_row(row: object) -> PageRecord | Rejection:
         return Rejection("", f"row is not an object: {type(row).__name__}", _raw(row))
     reason = _invalid_reason(row)
     if reason:
-        return Rejection(_id_text(row.get("id")), reason, _raw(row))
+        return Rejection(rejection_id(row), reason, _raw(row))
     get = row.get
     return PageRecord(
         row["id"], row["meeting"], row["date"], row["page"],
@@ -159,8 +159,18 @@ def _json_text(value: object) -> str | None:
     return json.dumps(value)
 
 
-def _id_text(value: object) -> str:
-    return storable_id(value) if isinstance(value, str) else ""
+def has_id(row: dict) -> bool:
+    return isinstance(row.get("id"), str) and row["id"] != ""
+
+
+def rejection_id(row: dict) -> str:
+    """A rejected row's key in rejected_rows, and how verification finds it: its storable id, or for a
+    row without one (SQLite lets a TEXT primary key be NULL, several times) its place, so each such
+    row is kept and counted once."""
+    if has_id(row):
+        return storable_id(row["id"])
+    place = json.dumps([row.get("meeting"), row.get("date"), row.get("page")], default=str)
+    return storable_id(f"(no id) {place}")
 
 
 def storable_id(upstream_id: str) -> str:

@@ -137,7 +137,9 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
     page_size = -(-batch_size // pages_per_batch)  # 4000 -> 4 pages of 1000, 1500 -> 2 of 750
     # A batch's worth of pages ahead: upstream keeps answering while the previous batch commits.
     depth = max(PREFETCH_PAGES, pages_per_batch)
-    pages = prefetched_pages(client, municipality, document_type, page_size, start.cursor, start.filters, depth)
+    # Upstream scans for a filter (a window): ranges of ids keep each request's scan short.
+    id_ranges = client.id_ranges_for(store.count_pages(municipality, document_type)) if start.filters else 1
+    pages = prefetched_pages(client, municipality, document_type, page_size, start.cursor, start.filters, depth, id_ranges)
     try:
         with contextlib.closing(pages):  # the prefetch thread stops however this ends
             out_of_time = _land(_batches(pages, pages_per_batch), store, start, result, time_budget, log)
@@ -217,7 +219,7 @@ PREFETCH_PAGES = 3  # default pages queued for the caller (~3 MB each); the thre
 
 def prefetched_pages(
     client: CivicBandClient, municipality: str, document_type: str, size: int, cursor: str | None = None,
-    filters: dict | None = None, depth: int = PREFETCH_PAGES,
+    filters: dict | None = None, depth: int = PREFETCH_PAGES, id_ranges: int = 1,
 ) -> Iterator[Page]:
     """The pages from `cursor` on, in order, fetched by a thread that asks for each page as soon as it
     has the cursor: upstream never waits for what the caller does with them, as long as the caller
@@ -231,7 +233,7 @@ def prefetched_pages(
     def fetch_all(cursor: str | None) -> None:
         try:
             while not stop.is_set():
-                page = client.fetch_page(municipality, document_type, size, cursor, filters=filters)
+                page = client.fetch_page(municipality, document_type, size, cursor, filters=filters, id_ranges=id_ranges)
                 _hand_over(fetched, page, stop)
                 if page.next_cursor is None:
                     return

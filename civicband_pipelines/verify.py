@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .client import CivicBandClient
-from .rows import storable_id
+from .rows import has_id, rejection_id, storable_id
 from .store import MeetingStore, utcnow
 
 MAX_NAMED_DOCUMENTS = 50  # documents named in metadata and CLI output; the counts are always complete
@@ -69,7 +69,7 @@ def verify_ids(client: CivicBandClient, store: MeetingStore, municipality: str, 
     result = verify_counts(client, store, municipality, document_type)
     result.deep = True
     rejected = store.rejected_ids(municipality, document_type)
-    upstream = _upstream_ids(client, municipality, document_type)
+    upstream = _upstream_ids(client, municipality, document_type, rejected, result)
     local = store.iter_page_ids(municipality, document_type)
     for side, (upstream_id, meeting, date) in _merge_diff(upstream, local):
         if side == "upstream" and storable_id(upstream_id) not in rejected:
@@ -79,10 +79,15 @@ def verify_ids(client: CivicBandClient, store: MeetingStore, municipality: str, 
     return result
 
 
-def _upstream_ids(client: CivicBandClient, municipality: str, document_type: str):
-    for page in client.iter_pages(municipality, document_type, 1000, columns=("meeting", "date")):
+def _upstream_ids(client: CivicBandClient, municipality: str, document_type: str, rejected: set[str], result: Verification):
+    """(id, meeting, date) of the upstream rows in id order. A row without an id is never a page, so it
+    is counted here, as missing unless it was rejected."""
+    for page in client.iter_pages(municipality, document_type, 1000, columns=("meeting", "date", "page")):
         for row in page.rows:
-            yield str(row.get("id")), row.get("meeting"), row.get("date")
+            if has_id(row):
+                yield row["id"], row.get("meeting"), row.get("date")
+            elif rejection_id(row) not in rejected:
+                result.missing_pages[(row.get("meeting"), str(row.get("date")))] += 1
 
 
 def _merge_diff(upstream, local):

@@ -99,7 +99,7 @@ class ReplicaProcess:
 
 
 def start_replica(root, *, proxy: bool = True, service_secret: str | None = None,
-                  timeout: float = START_TIMEOUT) -> ReplicaProcess:
+                  sql_time_limit_ms: int | None = None, timeout: float = START_TIMEOUT) -> ReplicaProcess:
     """Start `python -m civicband_pipelines.replica serve` on free ports; return once healthy."""
     run_dir = Path(tempfile.mkdtemp(prefix="replica-run-"))
     ready = run_dir / "ready.json"
@@ -109,6 +109,8 @@ def start_replica(root, *, proxy: bool = True, service_secret: str | None = None
         cmd += ["--proxy-port", "0"]
     if service_secret:
         cmd += ["--service-secret", service_secret]
+    if sql_time_limit_ms:
+        cmd += ["--sql-time-limit-ms", str(sql_time_limit_ms)]
     with open(run_dir / "replica.log", "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     replica = ReplicaProcess(Path(root), process, run_dir, "", None)

@@ -22,6 +22,30 @@ def test_pages_through_a_table_with_keyset_cursors(client, replica_root, municip
     assert client.count(municipality, "agenda") == len(ids)
 
 
+@pytest.mark.parametrize("id_ranges", [2, 7, 40])
+@pytest.mark.parametrize("filters", [{}, {"date__gte": "2021-06-01", "date__lte": "2021-06-30"}], ids=["all", "window"])
+def test_ranges_of_ids_page_each_row_once_in_order(client, replica_root, municipality, filters, id_ranges):
+    """Ranges are compared as SQLite compares ids (text): the odd ids (~ , & % + and a NUL) each land
+    in one range, and no range end is all digits (which Datasette would compare as a number)."""
+    pages = list(client.iter_pages(municipality, "agenda", 13, filters=filters, id_ranges=id_ranges))
+    ids = [row["id"] for page in pages for row in page.rows]
+    rows = upstream_rows(replica_root, municipality, "agenda")
+    in_window = [r["id"] for r in rows if not filters or filters["date__gte"] <= str(r["date"]) <= filters["date__lte"]]
+    assert ids == sorted(in_window, key=lambda i: i.encode())
+    assert any("~" in i for i in ids) and any("\x00" in i for i in ids)
+    assert len(pages) >= id_ranges  # a request per range at least: none scanned two
+
+
+def test_a_range_of_ids_ends_inside_the_range_its_cursor_is_in():
+    from civicband_pipelines.client import _id_range_end
+
+    assert _id_range_end(None, 1) is None and _id_range_end("anything", 1) is None
+    assert [_id_range_end(c, 4) for c in (None, "0f", "3fffffffffffg", "400000000000", "c00000000001", "zz")] == [
+        "400000000000g", "400000000000g", "400000000000g", "400000000000g", None, None,
+    ]
+    assert _id_range_end("7fffffffffff~2C", 2) == "800000000000g"  # a tilde-encoded ","
+
+
 def test_unknown_municipality_is_reported_not_parsed(client, replica):
     replica.reset_stats()
     with pytest.raises(UnknownMunicipality, match="no such municipality on civic.band: 'nowhere.zz'"):

@@ -99,6 +99,39 @@ def test_incremental_sync_fetches_only_the_window_and_reconciles_it(client, stor
     assert store.job(municipality, "agenda")["mode"] == "incremental"
 
 
+def test_incremental_sync_of_a_large_municipality_stays_within_upstreams_query_time_limit(tmp_path):
+    """civic.band has no index on dates: a window with few rows makes one request scan the whole table,
+    which Datasette stops at its time limit (3 s; here 40 ms for 60,000 short pages), on every retry."""
+    import datetime as dt
+
+    from civicband_pipelines.client import CivicBandClient, TransientError
+    from civicband_pipelines.config import ClientSettings
+    from civicband_pipelines.replica.generate import build_municipality
+    from civicband_pipelines.store import MeetingStore
+
+    from .replica_process import running_replica
+
+    old = dt.date(2004, 1, 1)
+    db = build_municipality(tmp_path / "replica", "large.ca", 3000, (20, 20), text_chars=50,
+                            start_date=dt.date(2000, 1, 1), end_date=old, today=old)
+    store = MeetingStore(f"sqlite:///{tmp_path / 'meetings.db'}")
+    with running_replica(tmp_path / "replica", proxy=False, sql_time_limit_ms=40) as replica:
+        settings = ClientSettings(base_url=replica.base_url_template, retries=1, backoff=0.01, max_scan_rows=2000)
+        with CivicBandClient(settings) as client:
+            sync_partition(client, store, "large.ca", "agenda")
+            added = add_documents(db, "agenda", 3, pages=5, seed=3)
+            window = {"date__gte": (dt.date.today() - dt.timedelta(days=180)).isoformat(), "date__lte": "9999-12-31"}
+            with pytest.raises(TransientError, match="HTTP 500 .*: QueryInterrupted"):  # one unbounded scan
+                client.fetch_page("large.ca", "agenda", 1000, None, filters=window)
+
+            result = sync_partition(client, store, "large.ca", "agenda", mode="incremental")
+            assert result.mode == "incremental" and result.created == len(added.added) == 15
+            assert_equals_upstream(store, tmp_path / "replica", "large.ca", "agenda")
+            # Without a window nothing scans: paging needs no ranges.
+            assert sync_partition(client, store, "large.ca", "agenda", restart=True).unchanged == 60_015
+    store.dispose()
+
+
 def test_incremental_sync_drops_the_rejections_of_its_window_that_upstream_fixed_or_removed(client, store, replica_root):
     import datetime as dt
     import sqlite3
@@ -138,6 +171,24 @@ def test_a_page_upstream_has_twice_in_a_batch_is_kept_once_and_the_other_row_is_
     assert result.rejected == 1 and len(store.rejected_ids(municipality, "agenda")) == 1
     assert verify_counts(client, store, municipality, "agenda").passed
     assert verify_ids(client, store, municipality, "agenda").passed
+
+
+def test_rows_without_an_id_are_each_rejected_once_and_the_checks_add_them_up(client, store, replica_root):
+    """SQLite lets a TEXT primary key be NULL (or empty), in several rows."""
+    import sqlite3
+
+    municipality = make_municipality(replica_root, documents=10, pages=(3, 3), text_chars=100)
+    with sqlite3.connect(replica_db(replica_root, municipality)) as conn:
+        conn.executemany("INSERT INTO agendas (id, meeting, date, page, text) VALUES (?, 'No Id', '2024-05-01', ?, 'x')",
+                         [(None, 1), (None, 2), ("", 3)])
+    for restart in (False, True):  # the same rows keep the same keys
+        result = sync_partition(client, store, municipality, "agenda", restart=restart)
+        assert result.rejected == 3
+        assert {i for i in store.rejected_ids(municipality, "agenda") if i.startswith("(no id)")} == {
+            f'(no id) ["No Id", "2024-05-01", {page}]' for page in (1, 2, 3)
+        }
+        assert verify_counts(client, store, municipality, "agenda").passed
+        assert verify_ids(client, store, municipality, "agenda").passed
 
 
 def test_incremental_on_a_never_synced_partition_becomes_a_full_sync(client, store, replica_root, municipality):

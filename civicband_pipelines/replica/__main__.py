@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8001, help="0 = any free port")
     serve.add_argument("--proxy-port", type=int, help="also run the fault proxy (0 = free port)")
     serve.add_argument("--service-secret", help="cap _size at 100 without this X-Service-Secret")
+    serve.add_argument("--sql-time-limit-ms", type=int, help="stop queries after this (default 3000, civic.band's)")
     serve.add_argument("--ready-file", type=Path, help="write the URLs here as JSON when ready")
     serve.add_argument("--access-log", action="store_true")
     return parser
@@ -78,7 +79,7 @@ async def _serve(args) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     url = f"http://{args.host}:{sock.getsockname()[1]}"
-    config = uvicorn.Config(make_app(args.dir, args.service_secret), log_level="warning",
+    config = uvicorn.Config(make_app(args.dir, args.service_secret, args.sql_time_limit_ms), log_level="warning",
                             access_log=args.access_log, lifespan="on")
     server = _Server(config)
     loop = asyncio.get_running_loop()

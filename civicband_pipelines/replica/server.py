@@ -85,9 +85,10 @@ def _fix_urls(send, prefix: str):
 class ReplicaRouter:
     """Routes `/<subdomain>/...` to that municipality's Datasette; anything else like civic.band."""
 
-    def __init__(self, root: Path, service_secret: str | None = None):
+    def __init__(self, root: Path, service_secret: str | None = None, sql_time_limit_ms: int | None = None):
         self.root = Path(root)
         self.service_secret = service_secret
+        self.settings = SETTINGS | {"sql_time_limit_ms": sql_time_limit_ms or SETTINGS["sql_time_limit_ms"]}
         self.sites: dict[str, _Site] = {}
         self.lock = asyncio.Lock()
 
@@ -137,7 +138,7 @@ class ReplicaRouter:
                 asyncio.get_running_loop().create_task(_retire(site))
             if key is None:
                 return None
-            site = await _open_site(subdomain, db_path, key)
+            site = await _open_site(subdomain, db_path, key, self.settings)
             self.sites[subdomain] = site
             return site
 
@@ -154,9 +155,8 @@ class ReplicaRouter:
                 return
 
 
-async def _open_site(subdomain: str, db_path: Path, key) -> _Site:
-    settings = dict(SETTINGS, base_url=f"/{subdomain}/")
-    ds = Datasette(files=[str(db_path)], settings=settings)
+async def _open_site(subdomain: str, db_path: Path, key, settings: dict) -> _Site:
+    ds = Datasette(files=[str(db_path)], settings=dict(settings, base_url=f"/{subdomain}/"))
     # Datasette starts itself on the first request, but lets concurrent first requests
     # through before startup has finished; start it here, under the lock, instead.
     await ds.invoke_startup()
@@ -172,10 +172,11 @@ async def _retire(site: _Site, grace: float = 5.0) -> None:
         db.close()
 
 
-def make_app(root: Path, service_secret: str | None = None) -> ReplicaRouter:
+def make_app(root: Path, service_secret: str | None = None, sql_time_limit_ms: int | None = None) -> ReplicaRouter:
     """The replica ASGI app. With `service_secret`, requests without a matching
-    `X-Service-Secret` header get `_size` capped at 100, as on civic.band."""
-    return ReplicaRouter(Path(root), service_secret)
+    `X-Service-Secret` header get `_size` capped at 100, as on civic.band. Queries stop after
+    `sql_time_limit_ms` (default civic.band's 3000)."""
+    return ReplicaRouter(Path(root), service_secret, sql_time_limit_ms)
 
 
 def describe(root: Path) -> str:

@@ -6,7 +6,7 @@ from typing import Literal
 import dagster as dg
 import pydantic
 
-from .client import UpstreamError
+from .client import UnknownMunicipality, UpstreamError
 from .config import civicband_home
 from .partitions import meeting_page_partitions, split_partition_key
 from .leases import MunicipalityBusy
@@ -55,6 +55,7 @@ def meeting_pages(
     meeting_store: MeetingStoreResource,
 ) -> dg.MaterializeResult:
     municipality, document_type = split_partition_key(context.partition_key)
+    trigger = context.run.tags.get(TRIGGER_TAG, "ui")
     with civicband.client() as client:
         try:
             result = sync_partition(
@@ -66,16 +67,17 @@ def meeting_pages(
                 restart=config.restart,
                 mode=config.mode,
                 window_days=config.window_days,
-                time_budget=config.time_budget_seconds or default_time_budget(),
-                trigger=context.run.tags.get(TRIGGER_TAG, "ui"),
+                # The budget frees run workers; the CLI syncs in the foreground until it is done.
+                time_budget=config.time_budget_seconds or (None if trigger == "cli" else default_time_budget()),
+                trigger=trigger,
                 lease_wait=config.lease_wait_seconds,
                 run_id=context.run_id,
                 on_dead_run=lambda dead: report_dead_run(context.instance, dead, context.partition_key, resumed_by=context.run_id),
                 log=context.log,
             )
         except (UpstreamError, MunicipalityBusy, InvalidSubdomain, LeaseLost) as error:  # a clear message, not a traceback
-            hint = " (partitions added by hand in the UI are not checked: use `civicband municipalities add`)"
-            raise dg.Failure(f"{error}{hint if not isinstance(error, (MunicipalityBusy, LeaseLost)) else ''}", allow_retries=False) from error
+            hint = " (municipalities added in the UI or by a webhook are not checked against civic.band; `civicband municipalities add` checks)"
+            raise dg.Failure(f"{error}{hint if isinstance(error, (UnknownMunicipality, InvalidSubdomain)) else ''}", allow_retries=False) from error
     source = f"{client.site_url(municipality)}/meetings/{TABLES[document_type]}"
     local_pages = meeting_store.store().count_pages(municipality, document_type)
     return dg.MaterializeResult(metadata=sync_metadata(result, source) | {"dagster/row_count": local_pages})

@@ -25,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted: a sync in progress stopped at its last checkpoint (status paused); "
+              "`civicband backfill --resume` continues", file=sys.stderr)
+        return 130
     except (InvalidSubdomain, UpstreamError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -91,19 +95,23 @@ def _backfill(args: argparse.Namespace) -> int:
     if not partitions:
         print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))
         return 0
-    if not all([_until_free(store, m, args.wait) for m in dict.fromkeys(m for m, _ in partitions)]):
+    busy = [m for m in dict.fromkeys(m for m, _ in partitions) if not _until_free(store, m, args.wait)]
+    partitions = [(m, d) for m, d in partitions if m not in busy]
+    if not partitions:
         return 3
     # With --wait, each partition's sync also waits for the lease: a queued run may take it in between.
     sync_config = {"restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
     if args.batch_size is not None:  # else the store's default
         sync_config["batch_size"] = args.batch_size
-    failed, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
+    failed, verifications = _sync_and_verify(instance, store, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
     _print_jobs(partitions)
     print("\n".join(verifications))
     print(f"{len(partitions) - len(failed)} of {len(partitions)} partitions synced and verified")
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
-    return 1 if failed else 0
+    for municipality in busy:
+        print(f"SKIPPED: {municipality} (another sync holds it; --wait waits for it)", file=sys.stderr)
+    return 1 if failed else 3 if busy else 0
 
 
 def _resumable(store, job: dict | None) -> bool:
@@ -112,14 +120,17 @@ def _resumable(store, job: dict | None) -> bool:
     return status in RESUMABLE or (status == "running" and active_lease(store, job["municipality"]) is None)
 
 
-def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, str]], run_config: dict):
-    """Run meeting_pages_job (sync, then check) per partition; returns (failed partitions, check lines)."""
+def _sync_and_verify(instance: dg.DagsterInstance, store, partitions: list[tuple[str, str]], run_config: dict):
+    """Run meeting_pages_job (sync, then check) per partition; returns (failed partitions, check lines).
+
+    A partition counts as synced only if its sync completed and its check passed."""
     failed, lines = [], []
     for partition in partitions:
         result = _run(instance, "meeting_pages_job", partition, run_config)
         evaluation = _evaluation(result)
         lines.append(_verification_line(partition, evaluation))
-        if not (result.success and evaluation and evaluation.passed):
+        completed = (store.job(*partition) or {}).get("status") == "completed"
+        if not (result.success and completed and evaluation and evaluation.passed):
             failed.append(partition)
     return failed, lines
 
@@ -162,8 +173,12 @@ def _verification_line(partition: tuple[str, str], evaluation) -> str:
     meta = {k: v.value for k, v in evaluation.metadata.items()}
     line = (f"{name}: {'OK' if evaluation.passed else 'MISMATCH'} expected {meta['expected']}, actual {meta['actual']}, "
             f"rejected {meta['rejected']}, missing {meta['missing']}, extra {meta['extra']}")
-    details = [f"  {kind.replace('_documents', '')}: {text.strip()}" for kind, text in meta.items() if kind.endswith("_documents")]
+    details = [f"  {kind.replace('_documents', '')}:\n" + _indented(text) for kind, text in meta.items() if kind.endswith("_documents")]
     return "\n".join([line, *details])
+
+
+def _indented(bullets: str) -> str:
+    return "\n".join(f"    {line}" for line in bullets.strip().splitlines())
 
 
 def _partitions(instance: dg.DagsterInstance, args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -179,12 +194,21 @@ def _run(instance: dg.DagsterInstance, job_name: str, partition: tuple[str, str]
     print(f"==> {job_name} {'/'.join(partition)}", flush=True)
     # The partition goes in as run tags: execute_in_process(partition_key=...) rejects jobs that
     # select only asset checks (Dagster 1.13 looks for a partitioned asset in the selection).
-    return defs.resolve_job_def(job_name).execute_in_process(
+    result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
         run_config={**run_config, "loggers": {"console": {"config": {"log_level": "INFO"}}}},
         tags={**partition_tags(*partition), "civicband/trigger": "cli"},
         raise_on_error=False,
     )
+    if _interrupted(result):  # Ctrl-C stops the command, not just this partition
+        raise KeyboardInterrupt
+    return result
+
+
+def _interrupted(result) -> bool:
+    """Dagster turns a Ctrl-C during a run into a failed step (DagsterExecutionInterruptedError)."""
+    errors = (event.step_failure_data.error for event in result.get_step_failure_events())
+    return any(error and error.cls_name == "DagsterExecutionInterruptedError" for error in errors)
 
 
 def _status(_args: argparse.Namespace) -> int:
@@ -193,7 +217,8 @@ def _status(_args: argparse.Namespace) -> int:
 
 
 def _municipalities_add(args: argparse.Namespace) -> int:
-    subdomains = list(args.subdomains) + ([s.strip() for s in args.file if s.strip() and not s.startswith("#")] if args.file else [])
+    lines = (line.split("#", 1)[0].strip() for line in args.file) if args.file else ()
+    subdomains = list(args.subdomains) + [line for line in lines if line]
     if not subdomains:
         print("error: name at least one subdomain, or --file", file=sys.stderr)
         return 2
@@ -224,13 +249,19 @@ def dagster_instance() -> dg.DagsterInstance:
 
 
 def _registered(instance: dg.DagsterInstance) -> list[str]:
-    return sorted(instance.get_dynamic_partitions(MUNICIPALITY))
+    """Every municipality: the partitions, and any the webhook receiver stored that webhook_sensor has
+    not made partitions yet (they are added now)."""
+    partitions = set(instance.get_dynamic_partitions(MUNICIPALITY))
+    new = sorted(set(open_store(database_url_from_env()).municipality_subdomains()) - partitions)
+    if new:
+        instance.add_dynamic_partitions(MUNICIPALITY, new)
+    return sorted(partitions | set(new))
 
 
 def _register(instance: dg.DagsterInstance, subdomains: list[str]) -> list[str]:
     """Validate subdomains and register those not yet known, after checking that civic.band has them."""
     subdomains = [validate_subdomain(s) for s in subdomains]
-    known = set(_registered(instance))
+    known = set(instance.get_dynamic_partitions(MUNICIPALITY))
     new = [s for s in dict.fromkeys(subdomains) if s not in known]
     if new:
         with CivicBandClient() as client:

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -195,6 +196,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cli_env(env: dict) -> str:
+    names = ("CIVICBAND_HOME", "DAGSTER_HOME", "CIVICBAND_DATABASE_URL", "CIVICBAND_BASE_URL")
+    return " ".join(f"{name}={shlex.quote(env[name])}" for name in names)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     root = args.dir.resolve()
@@ -216,6 +222,7 @@ def main(argv=None) -> int:
               f"Send a webhook:\n  curl -X POST {receiver}/munis/api/update/{example.subdomain}/ \\\n"
               f"    -H \"Authorization: Bearer {secret_hint}\" -H 'Content-Type: application/json' \\\n"
               f"    -d '{{\"name\": \"{example.name}\", \"state\": \"{example.state}\", \"pages\": 1}}'\n\n"
+              f"The CLI against this stack:\n  {_cli_env(stack.env)} {Path(sys.executable).parent / 'civicband'} status\n\n"
               "Press Ctrl-C to stop.", flush=True)
         while not (dead := stack.dead()):
             time.sleep(0.5)

@@ -153,7 +153,7 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
         raise
     if out_of_time:
         result.status = "paused"
-        store.stop_sync(municipality, document_type, start, "paused", f"{BUDGET_PAUSE} of {time_budget:.0f} s reached")
+        store.stop_sync(municipality, document_type, start, "paused", f"{BUDGET_PAUSE} of {time_budget:g} s reached")
     else:
         result.status = "completed"
 

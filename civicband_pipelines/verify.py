@@ -43,7 +43,8 @@ class Verification:
             "stale": stale,
             "extra": self.extra_pages.keys() - stale,
         }
-        return {kind: [_document_name(d, self) for d in sorted(docs)] for kind, docs in named.items()}
+        # A row that was never synced may lack its meeting or date (None): sorted as text.
+        return {kind: [_document_name(d, self) for d in sorted(docs, key=lambda d: tuple(map(str, d)))] for kind, docs in named.items()}
 
     def summary(self) -> str:
         verdict = "OK" if self.passed else "MISMATCH"

@@ -13,7 +13,7 @@ import pytest
 from civicband_pipelines.leases import active_lease
 from civicband_pipelines.partitions import partition_key
 
-from .conftest import wait_until
+from .conftest import make_municipality, wait_until
 from .upstream import assert_equals_upstream, upstream_rows
 
 
@@ -51,6 +51,8 @@ def latest_materialization(env, municipality: str, document_type: str):
 
 
 def test_backfill_records_runs_in_the_instance_and_prints_a_summary(cli_env, store, replica_root, municipality):
+    # The time budget frees daemon run workers; a sync in the foreground runs to its end.
+    cli_env["CIVICBAND_TIME_BUDGET_SECONDS"] = "0.001"
     done = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--batch-size=100")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 of 2 partitions synced and verified" in done.stdout
@@ -153,20 +155,31 @@ def _sqlite_writable(path: str) -> bool:
         connection.close()
 
 
-def test_interrupted_backfill_shows_paused_and_resume_picks_it(cli_env, store, replica, replica_root, municipality):
+def test_interrupted_backfill_stops_shows_paused_and_resume_picks_it(cli_env, store, replica, replica_root, municipality):
     replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.03)
-    process = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=minutes", "--batch-size=7")
-    wait_until(lambda: (store.job(municipality, "minutes") or {}).get("pages_fetched", 0) >= 28, what="28 pages")
+    process = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--batch-size=7")  # agenda, then minutes
+    wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 28, what="28 pages")
     process.send_signal(signal.SIGINT)  # what Ctrl-C (and a cancelled in-process run) does
     output, _ = process.communicate(timeout=60)
-    assert process.returncode != 0, output[-3000:]
-    assert store.job(municipality, "minutes")["status"] == "paused", output
+    assert process.returncode == 130, output[-3000:]
+    assert "interrupted: a sync in progress stopped at its last checkpoint" in output
+    assert store.job(municipality, "agenda")["status"] == "paused", output
+    assert store.job(municipality, "minutes") is None, output  # the command stopped: minutes never began
     replica.clear_faults()
 
     done = civicband(cli_env, "backfill", "--subdomain=all", "--resume", "--batch-size=7")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 of 1 partitions" in done.stdout  # only the paused partition
-    assert_equals_upstream(store, replica_root, municipality, "minutes")
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_municipalities_add_reads_a_file_with_comments(cli_env, tmp_path, replica_root):
+    first, second = (make_municipality(replica_root, documents=2, pages=(1, 2)) for _ in range(2))
+    listing = tmp_path / "municipalities.txt"
+    listing.write_text(f"# civic.band sites\n{first}   # the first\n\n   # indented comment\n  {second}\n")
+    done = civicband(cli_env, "municipalities", "add", "--file", str(listing))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["registered", first, "registered", second]
 
 
 def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
@@ -200,6 +213,15 @@ def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true
         assert second.returncode == 3
         assert f"Backfill already in progress for {municipality} (started: just now). Active: cli run " in second.stderr
         assert "agenda full mode. Check the UI or wait." in second.stderr
+        # `all` syncs every other municipality, including one only the webhook receiver has stored so far.
+        other = make_municipality(replica_root, documents=5, pages=(2, 3))
+        store.record_webhook(other, {"name": "Other", "pages": 10})
+        everyone = civicband(cli_env, "backfill", "--subdomain=all", "--document-type=minutes")
+        assert everyone.returncode == 3, everyone.stdout + everyone.stderr
+        assert "1 of 1 partitions synced and verified" in everyone.stdout
+        assert f"SKIPPED: {municipality} (another sync holds it" in everyone.stderr
+        assert_equals_upstream(store, replica_root, other, "minutes")
+        assert store.job(municipality, "minutes") is None
         status = civicband(cli_env, "status")
         assert "running" in status.stdout
     finally:

@@ -191,6 +191,11 @@ def test_rows_without_an_id_are_each_rejected_once_and_the_checks_add_them_up(cl
         assert verify_ids(client, store, municipality, "agenda").passed
 
 
+def test_a_never_synced_partition_names_its_missing_documents_even_without_a_meeting(client, store, municipality):
+    result = verify_ids(client, store, municipality, "agenda")  # the odd rows include a NULL meeting
+    assert not result.passed and "None 2021-06-16 (1 missing)" in result.documents()["missing"]
+
+
 def test_incremental_on_a_never_synced_partition_becomes_a_full_sync(client, store, replica_root, municipality):
     result = sync_partition(client, store, municipality, "agenda", mode="incremental")
     assert result.mode == "full"

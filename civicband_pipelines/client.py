@@ -175,9 +175,12 @@ class CivicBandClient:
 def _id_range_end(cursor: str | None, id_ranges: int) -> str | None:
     """The end (inclusive) of the id range that the ids after `cursor` begin in; None for the last range.
 
-    Range k of n ends at k/n of the id space. Odd ids (not 12 hex digits) still fall into exactly one
-    range: ranges are compared as text, as SQLite compares the ids.
+    Range k of n ends at k/n of the id space, written as 12 hex digits and a "g": right after that id,
+    and never all digits (Datasette would compare an all-digit filter value as a number). Odd ids (not
+    12 hex digits) still fall into exactly one range: ranges are compared as text, as SQLite compares ids.
     """
+    if id_ranges <= 1:
+        return None
     ends = [f"{ID_SPACE * k // id_ranges:012x}g" for k in range(1, id_ranges)]
     position = bisect.bisect_right(ends, _tilde_decode(cursor)) if cursor is not None else 0
     return ends[position] if position < len(ends) else None

@@ -26,8 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:
-        print("interrupted: a sync in progress stopped at its last checkpoint (status paused); "
-              "`civicband backfill --resume` continues", file=sys.stderr)
+        print("interrupted: stopped (a sync that was running stopped at its last checkpoint, status paused; "
+              "`civicband backfill --resume` continues it)", file=sys.stderr)
         return 130
     except (InvalidSubdomain, UpstreamError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -103,7 +103,7 @@ def _backfill(args: argparse.Namespace) -> int:
     sync_config = {"restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
     if args.batch_size is not None:  # else the store's default
         sync_config["batch_size"] = args.batch_size
-    failed, verifications = _sync_and_verify(instance, store, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
+    failed, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
     _print_jobs(partitions)
     print("\n".join(verifications))
     print(f"{len(partitions) - len(failed)} of {len(partitions)} partitions synced and verified")
@@ -120,7 +120,7 @@ def _resumable(store, job: dict | None) -> bool:
     return status in RESUMABLE or (status == "running" and active_lease(store, job["municipality"]) is None)
 
 
-def _sync_and_verify(instance: dg.DagsterInstance, store, partitions: list[tuple[str, str]], run_config: dict):
+def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, str]], run_config: dict):
     """Run meeting_pages_job (sync, then check) per partition; returns (failed partitions, check lines).
 
     A partition counts as synced only if its sync completed and its check passed."""
@@ -129,10 +129,15 @@ def _sync_and_verify(instance: dg.DagsterInstance, store, partitions: list[tuple
         result = _run(instance, "meeting_pages_job", partition, run_config)
         evaluation = _evaluation(result)
         lines.append(_verification_line(partition, evaluation))
-        completed = (store.job(*partition) or {}).get("status") == "completed"
-        if not (result.success and completed and evaluation and evaluation.passed):
+        if not (result.success and _completed(result) and evaluation and evaluation.passed):
             failed.append(partition)
     return failed, lines
+
+
+def _completed(result) -> bool:
+    """The run's sync completed, as its materialization says (the job row may be another sync's by now)."""
+    statuses = (m.metadata.get("status") for m in result.asset_materializations_for_node("meeting_pages"))
+    return any(status is not None and status.value == "completed" for status in statuses)
 
 
 def _until_free(store, municipality: str, wait: bool) -> bool:

@@ -176,8 +176,9 @@ def _id_range_end(cursor: str | None, id_ranges: int) -> str | None:
     """The end (inclusive) of the id range that the ids after `cursor` begin in; None for the last range.
 
     Range k of n ends at k/n of the id space, written as 12 hex digits and a "g": right after that id,
-    and never all digits (Datasette would compare an all-digit filter value as a number). Odd ids (not
-    12 hex digits) still fall into exactly one range: ranges are compared as text, as SQLite compares ids.
+    and never all digits (Datasette turns an all-digit filter value into a number, which loses its
+    leading zeros). Odd ids (not 12 hex digits) still fall into exactly one range: ranges are compared
+    as text, as SQLite compares ids.
     """
     if id_ranges <= 1:
         return None

@@ -159,6 +159,9 @@ def _json_text(value: object) -> str | None:
     return json.dumps(value)
 
 
+NO_ID = "(no id) "  # the prefix of rejection_id for rows without an id
+
+
 def has_id(row: dict) -> bool:
     return isinstance(row.get("id"), str) and row["id"] != ""
 
@@ -170,7 +173,7 @@ def rejection_id(row: dict) -> str:
     if has_id(row):
         return storable_id(row["id"])
     place = json.dumps([row.get("meeting"), row.get("date"), row.get("page")], default=str)
-    return storable_id(f"(no id) {place}")
+    return storable_id(f"{NO_ID}{place}")
 
 
 def storable_id(upstream_id: str) -> str:

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .engines import create_store_engine
 from .migrations import upgrade
 from .page_writes import write_pages
-from .rows import PageRecord, Rejection, duplicate_rejection
+from .rows import NO_ID, PageRecord, Rejection, duplicate_rejection
 from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events
 
 @dataclass(frozen=True)
@@ -421,10 +421,13 @@ def _stale(table: sa.Table, municipality: str, document_type: str, generation: i
 
 def _delete_stale_rejections_in_window(conn: sa.Connection, municipality: str, document_type: str, sync: SyncStart) -> None:
     """An incremental sync saw every upstream row whose date is within its window, compared as text
-    as civic.band compares it: an older rejection dated there was fixed or removed upstream."""
+    as civic.band compares it: an older rejection dated there was fixed or removed upstream. Rows
+    without an id are left to full syncs: one paging through ranges of ids never sees them (NULL is in
+    no range)."""
     start, end = (day.isoformat() for day in sync.window)
     older = sa.select(rejected_rows.c.id, rejected_rows.c.raw).where(
-        *_in_partition(rejected_rows, municipality, document_type), rejected_rows.c.sync_generation != sync.generation
+        *_in_partition(rejected_rows, municipality, document_type), rejected_rows.c.sync_generation != sync.generation,
+        rejected_rows.c.upstream_id.not_like(f"{NO_ID}%"),
     )
     stale = [row_id for row_id, raw in conn.execute(older) if start <= _raw_date(raw) <= end]
     for chunk in range(0, len(stale), 900):  # within SQLite's limit on bound parameters (999 before 3.32)

@@ -162,7 +162,7 @@ def test_interrupted_backfill_stops_shows_paused_and_resume_picks_it(cli_env, st
     process.send_signal(signal.SIGINT)  # what Ctrl-C (and a cancelled in-process run) does
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output[-3000:]
-    assert "interrupted: a sync in progress stopped at its last checkpoint" in output
+    assert "interrupted: stopped (a sync that was running stopped at its last checkpoint" in output
     assert store.job(municipality, "agenda")["status"] == "paused", output
     assert store.job(municipality, "minutes") is None, output  # the command stopped: minutes never began
     replica.clear_faults()

@@ -49,6 +49,19 @@ def test_definitions_describe_the_partitioned_asset_and_its_check():
     assert {s.name for s in defs.sensors} == {"webhook_sensor", "sync_followup_sensor"}
 
 
+def test_the_cli_counts_a_run_as_synced_only_if_its_own_sync_completed(instance, resources, store, municipality):
+    from civicband_pipelines.cli import _completed
+
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    budget = {"ops": {"meeting_pages": {"config": {"batch_size": 50, "time_budget_seconds": 0.001}}}}
+    paused = run_job("meeting_pages_job", instance, resources, municipality, "agenda", budget)
+    assert paused.success and store.job(municipality, "agenda")["status"] == "paused" and not _completed(paused)
+    done = run_job("meeting_pages_job", instance, resources, municipality, "agenda")
+    with store.engine.begin() as conn:  # another sync has taken the partition since: its job row says so
+        conn.exec_driver_sql("UPDATE backfill_jobs SET status = 'running'")
+    assert _completed(done)
+
+
 def test_materialization_records_metadata_and_the_check_passes(instance, resources, store, replica_root, municipality):
     instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
     result = run_job("meeting_pages_job", instance, resources, municipality, "agenda",

@@ -103,6 +103,7 @@ def test_incremental_sync_of_a_large_municipality_stays_within_upstreams_query_t
     """civic.band has no index on dates: a window with few rows makes one request scan the whole table,
     which Datasette stops at its time limit (3 s; here 40 ms for 60,000 short pages), on every retry."""
     import datetime as dt
+    import sqlite3
 
     from civicband_pipelines.client import CivicBandClient, TransientError
     from civicband_pipelines.config import ClientSettings
@@ -114,6 +115,9 @@ def test_incremental_sync_of_a_large_municipality_stays_within_upstreams_query_t
     old = dt.date(2004, 1, 1)
     db = build_municipality(tmp_path / "replica", "large.ca", 3000, (20, 20), text_chars=50,
                             start_date=dt.date(2000, 1, 1), end_date=old, today=old)
+    with sqlite3.connect(db) as conn:  # rows without an id, in the window: in no range of ids
+        conn.executemany("INSERT INTO agendas (id, meeting, date, page, text) VALUES (NULL, 'No Id', ?, ?, 'x')",
+                         [(dt.date.today().isoformat(), page) for page in (1, 2)])
     store = MeetingStore(f"sqlite:///{tmp_path / 'meetings.db'}")
     with running_replica(tmp_path / "replica", proxy=False, sql_time_limit_ms=40) as replica:
         settings = ClientSettings(base_url=replica.base_url_template, retries=1, backoff=0.01, max_scan_rows=2000)
@@ -127,8 +131,11 @@ def test_incremental_sync_of_a_large_municipality_stays_within_upstreams_query_t
             result = sync_partition(client, store, "large.ca", "agenda", mode="incremental")
             assert result.mode == "incremental" and result.created == len(added.added) == 15
             assert_equals_upstream(store, tmp_path / "replica", "large.ca", "agenda")
+            assert len(store.rejected_ids("large.ca", "agenda")) == 2  # left to full syncs, which see them
+            assert verify_counts(client, store, "large.ca", "agenda").passed
             # Without a window nothing scans: paging needs no ranges.
             assert sync_partition(client, store, "large.ca", "agenda", restart=True).unchanged == 60_015
+            assert verify_counts(client, store, "large.ca", "agenda").passed
     store.dispose()
 
 
@@ -194,6 +201,18 @@ def test_rows_without_an_id_are_each_rejected_once_and_the_checks_add_them_up(cl
 def test_a_never_synced_partition_names_its_missing_documents_even_without_a_meeting(client, store, municipality):
     result = verify_ids(client, store, municipality, "agenda")  # the odd rows include a NULL meeting
     assert not result.passed and "None 2021-06-16 (1 missing)" in result.documents()["missing"]
+
+
+def test_two_rows_without_an_id_at_one_place_share_a_rejection_and_the_deep_check_names_the_other(client, store, replica_root):
+    import sqlite3
+
+    municipality = make_municipality(replica_root, documents=5, pages=(3, 3), text_chars=100)
+    with sqlite3.connect(replica_db(replica_root, municipality)) as conn:
+        conn.executemany("INSERT INTO agendas (id, meeting, date, page, text) VALUES (?, 'No Id', '2024-05-01', 1, ?)",
+                         [(None, "one"), ("", "two")])
+    sync_partition(client, store, municipality, "agenda")
+    assert not verify_counts(client, store, municipality, "agenda").passed
+    assert verify_ids(client, store, municipality, "agenda").documents()["missing"] == ["No Id 2024-05-01 (1 missing)"]
 
 
 def test_incremental_on_a_never_synced_partition_becomes_a_full_sync(client, store, replica_root, municipality):

@@ -68,9 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_webhooks_serve)
 
     dev = commands.add_parser("dev", help="local stack: replica, webhook receiver, Dagster UI and daemon")
-    dev.add_argument("--dir", default=".civicband-dev")
-    dev.add_argument("--port", type=int, default=3000)
-    dev.add_argument("--webhook-port", type=int, default=8080)
+    dev.add_argument("--dir", default=".civicband-dev", help="where the stack keeps its files (default: ./.civicband-dev)")
+    dev.add_argument("--port", type=_tcp_port, default=3000, help="Dagster UI port (default 3000)")
+    dev.add_argument("--webhook-port", type=_tcp_port, default=8080, help="webhook receiver port (default 8080)")
     dev.set_defaults(handler=_dev)
 
     munis = commands.add_parser("municipalities", help="register municipalities (new partitions)")
@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--file", type=argparse.FileType("r"), help="a file with one subdomain per line")
     add.set_defaults(handler=_municipalities_add)
     return parser
+
+
+def _tcp_port(text: str) -> int:
+    """A fixed port: the stack waits for each server on its port, so 0 (any free port) cannot work."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port between 1 and 65535")
+    return int(text)
 
 
 def _backfill(args: argparse.Namespace) -> int:

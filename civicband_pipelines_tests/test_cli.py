@@ -182,6 +182,11 @@ def test_municipalities_add_reads_a_file_with_comments(cli_env, tmp_path, replic
     assert done.stdout.split() == ["registered", first, "registered", second]
 
 
+def test_dev_refuses_a_port_it_could_not_wait_for(cli_env):
+    done = civicband(cli_env, "dev", "--port", "0")
+    assert done.returncode == 2 and "'0' is not a port between 1 and 65535" in done.stderr
+
+
 def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
     unknown = civicband(cli_env, "backfill", "--subdomain=nowhere.zz")
     assert unknown.returncode == 2 and "no such municipality on civic.band: 'nowhere.zz'" in unknown.stderr

@@ -18,7 +18,9 @@ from .resources import open_store
 from .sensors import settle_dead_runs
 from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 
-RESUMABLE = ("failed", "paused")
+# `running` too: a sync killed before anyone settled it. While its lease is live (it may be alive, or
+# just killed) the municipality is busy: refused, or waited for with --wait.
+RESUMABLE = ("failed", "paused", "running")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +100,7 @@ def _backfill(args: argparse.Namespace) -> int:
     instance, store = dagster_instance(), open_store(database_url_from_env())
     partitions = _partitions(instance, args)
     if args.resume:
-        partitions = [(m, d) for m, d in partitions if _resumable(store, store.job(m, d))]
+        partitions = [(m, d) for m, d in partitions if (store.job(m, d) or {}).get("status") in RESUMABLE]
     if not partitions:
         print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))
         return 0
@@ -119,12 +121,6 @@ def _backfill(args: argparse.Namespace) -> int:
     for municipality in busy:
         print(f"SKIPPED: {municipality} (another sync holds it; --wait waits for it)", file=sys.stderr)
     return 1 if failed else 3 if busy else 0
-
-
-def _resumable(store, job: dict | None) -> bool:
-    """Failed or paused, or killed while `running` (its lease is gone) with no daemon to settle it yet."""
-    status = (job or {}).get("status")
-    return status in RESUMABLE or (status == "running" and active_lease(store, job["municipality"]) is None)
 
 
 def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, str]], run_config: dict):

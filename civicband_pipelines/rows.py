@@ -98,7 +98,7 @@ def _plain_text(value: object) -> bool:
 
 def _invalid_reason(row: dict) -> str | None:
     upstream_id, meeting, date, page = row.get("id"), row.get("meeting"), row.get("date"), row.get("page")
-    if not isinstance(upstream_id, str) or not upstream_id:
+    if not has_id(row):
         return f"id is missing or not text: {upstream_id!r}"
     if len(upstream_id) > MAX_ID_LENGTH:
         return f"id is longer than {MAX_ID_LENGTH} characters"

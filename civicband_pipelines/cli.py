@@ -112,29 +112,37 @@ def _backfill(args: argparse.Namespace) -> int:
     sync_config = {"restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
     if args.batch_size is not None:  # else the store's default
         sync_config["batch_size"] = args.batch_size
-    failed, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
-    _print_jobs(partitions)
+    failed, taken, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
+    ran = [p for p in partitions if p not in taken]
+    _print_jobs(ran)
     print("\n".join(verifications))
-    print(f"{len(partitions) - len(failed)} of {len(partitions)} partitions synced and verified")
+    print(f"{len(ran) - len(failed)} of {len(ran)} partitions synced and verified")
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
     for municipality in busy:
         print(f"SKIPPED: {municipality} (another sync holds it; --wait waits for it)", file=sys.stderr)
-    return 1 if failed else 3 if busy else 0
+    for municipality, document_type in taken:
+        print(f"SKIPPED: {municipality}/{document_type} (another sync took {municipality} while this command ran; "
+              "--wait waits for it)", file=sys.stderr)
+    return 1 if failed else 3 if busy or taken else 0
 
 
 def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, str]], run_config: dict):
-    """Run meeting_pages_job (sync, then check) per partition; returns (failed partitions, check lines).
+    """Run meeting_pages_job (sync, then check) per partition; returns (failed partitions, partitions
+    whose municipality another sync had taken meanwhile, check lines).
 
     A partition counts as synced only if its sync completed and its check passed."""
-    failed, lines = [], []
+    failed, taken, lines = [], [], []
     for partition in partitions:
         result = _run(instance, "meeting_pages_job", partition, run_config)
+        if _failed_with(result, "MunicipalityBusy"):
+            taken.append(partition)
+            continue
         evaluation = _evaluation(result)
         lines.append(_verification_line(partition, evaluation))
         if not (result.success and _completed(result) and evaluation and evaluation.passed):
             failed.append(partition)
-    return failed, lines
+    return failed, taken, lines
 
 
 def _completed(result) -> bool:
@@ -208,15 +216,21 @@ def _run(instance: dg.DagsterInstance, job_name: str, partition: tuple[str, str]
         tags={**partition_tags(*partition), "civicband/trigger": "cli"},
         raise_on_error=False,
     )
-    if _interrupted(result):  # Ctrl-C stops the command, not just this partition
+    # Dagster turns a Ctrl-C during a run into a failed step; it stops the command, not just this partition.
+    if _failed_with(result, "DagsterExecutionInterruptedError"):
         raise KeyboardInterrupt
     return result
 
 
-def _interrupted(result) -> bool:
-    """Dagster turns a Ctrl-C during a run into a failed step (DagsterExecutionInterruptedError)."""
-    errors = (event.step_failure_data.error for event in result.get_step_failure_events())
-    return any(error and error.cls_name == "DagsterExecutionInterruptedError" for error in errors)
+def _failed_with(result, error_class: str) -> bool:
+    """A step of the run failed with this exception, or with one it caused (dg.Failure ... from error)."""
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None:
+            if error.cls_name == error_class:
+                return True
+            error = error.cause
+    return False
 
 
 def _status(_args: argparse.Namespace) -> int:

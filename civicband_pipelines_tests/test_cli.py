@@ -10,7 +10,7 @@ import time
 import dagster as dg
 import pytest
 
-from civicband_pipelines.leases import active_lease
+from civicband_pipelines.leases import MunicipalityLease, SyncOwner, active_lease
 from civicband_pipelines.partitions import partition_key
 
 from .conftest import make_municipality, wait_until
@@ -240,3 +240,23 @@ def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true
     # Once the dead holder's lease is stale, status says failed, not running.
     wait_until(lambda: "failed" in civicband(cli_env, "status").stdout, timeout=30, what="the job to show failed")
     assert store.job(municipality, "agenda")["status"] == "failed"
+
+
+def test_a_municipality_taken_while_backfill_all_runs_is_skipped_not_failed(cli_env, store, replica, municipality, replica_root):
+    other = make_municipality(replica_root, documents=5, pages=(2, 3))
+    assert civicband(cli_env, "municipalities", "add", municipality, other).returncode == 0
+    first, second = sorted([municipality, other])  # `all` goes in this order
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.2)
+    everyone = start_civicband(cli_env, "backfill", "--subdomain=all", "--document-type=agenda", "--batch-size=7")
+    try:
+        wait_until(lambda: (store.job(first, "agenda") or {}).get("pages_fetched", 0) >= 7, what="the first sync")
+        # The command checked both leases at its start; a sync elsewhere takes the second one now.
+        with MunicipalityLease(store, second, SyncOwner("minutes", trigger="ui"), stale_after=3):  # heartbeats as the CLI expects
+            output, _ = everyone.communicate(timeout=300)
+    finally:
+        everyone.kill()
+        everyone.wait()
+    assert everyone.returncode == 3, output
+    assert f"SKIPPED: {second}/agenda (another sync took {second} while this command ran" in output
+    assert "FAILED" not in output and "1 of 1 partitions synced and verified" in output
+    assert_equals_upstream(store, replica_root, first, "agenda")

@@ -84,8 +84,8 @@ def meeting_pages(
 
 
 def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, resumed_by: str | None = None) -> None:
-    """A run whose sync died without a word still shows as started, holding its municipality's slot in
-    the run queue (the default run launcher cannot watch run workers). Reported failed, it gets a run
+    """A run whose process died with the code server that launched it (a crashed machine or container)
+    still shows as started, holding its municipality's slot in the run queue. Reported failed, it gets a run
     retry that resumes its sync; if run `resumed_by` has taken it over already, it is reported canceled
     instead, so that no retry does the work twice."""
     run = instance.get_run_by_id(run_id)
@@ -94,7 +94,7 @@ def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, r
     if resumed_by:
         instance.report_run_canceled(run, f"{partition}: the run's process died; run {resumed_by} took over its sync")
     else:
-        instance.report_run_failed(run, f"{partition}: the run's process died (its municipality lease went stale)")
+        instance.report_run_failed(run, f"{partition}: the run's process died (its heartbeat in the meetings store went stale)")
 
 
 def default_time_budget() -> float | None:

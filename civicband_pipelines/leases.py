@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .schema import sync_leases
+from .schema import sync_leases, sync_waits
 from .store import MeetingStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -63,18 +63,25 @@ class MunicipalityLease:
 
     def __enter__(self) -> "MunicipalityLease":
         """Take the lease, waiting up to `wait` seconds for another sync of the municipality to end."""
-        deadline, waited = time.monotonic() + self.wait, False
-        while True:
-            try:
-                self._acquire()
-                break
-            except MunicipalityBusy as busy:
-                if time.monotonic() >= deadline:
-                    raise
-                if not waited:
-                    self.log.info("%s Waiting for it to end (at most %s).", busy, dt.timedelta(seconds=round(self.wait)))
-                    waited = True
-                time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        deadline, last_beat = time.monotonic() + self.wait, None
+        try:
+            while True:
+                try:
+                    self._acquire()
+                    break
+                except MunicipalityBusy as busy:
+                    if time.monotonic() >= deadline:
+                        raise
+                    if last_beat is None:
+                        self.log.info("%s Waiting for it to end (at most %s).", busy, dt.timedelta(seconds=round(self.wait)))
+                    if last_beat is None or time.monotonic() - last_beat >= self.stale_after / 4:
+                        self._beat_wait(first=last_beat is None)
+                        last_beat = time.monotonic()
+                    time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        finally:
+            if last_beat is not None:
+                with self.store.writer.begin() as conn:
+                    conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder == self.holder))
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.municipality}", daemon=True)
         self._heartbeat.start()
         return self
@@ -95,6 +102,17 @@ class MunicipalityLease:
         with self.store.writer.begin() as conn:
             conn.execute(sa.delete(sync_leases).where(self._mine()))
         self._release_advisory_lock()
+
+    def _beat_wait(self, first: bool) -> None:
+        """Record (or refresh) that this sync waits: if it dies waiting, settle_dead_waits finds out."""
+        with self.store.writer.begin() as conn:
+            if first:
+                conn.execute(sync_waits.insert().values(
+                    holder=self.holder, municipality=self.municipality, document_type=self.owner.document_type,
+                    run_id=self.owner.run_id, host=socket.gethostname(), pid=os.getpid(), heartbeat_at=utcnow(),
+                ))
+            else:
+                conn.execute(sa.update(sync_waits).where(sync_waits.c.holder == self.holder).values(heartbeat_at=utcnow()))
 
     # -- PostgreSQL: the lock dies with its connection ----------------------------------------------
 
@@ -204,3 +222,20 @@ def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None) -> 
         [job for job in running if job["municipality"] not in live],
         error="the sync stopped without reporting (process killed?); the next run resumes at its cursor",
     )
+
+
+def waiting_syncs(store: MeetingStore) -> list[dict]:
+    """The syncs waiting for a busy municipality, live or dead."""
+    with store.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(sa.select(sync_waits))]
+
+
+def settle_dead_waits(store: MeetingStore, stale_after: float | None = None) -> list[dict]:
+    """Remove and return the waits whose process died (their heartbeat is stale): a run that died
+    waiting holds no lease, so settle_dead_syncs cannot find it."""
+    stale_after = stale_after or stale_after_from_env()
+    dead = [wait for wait in waiting_syncs(store) if is_stale(wait["heartbeat_at"], stale_after)]
+    if dead:
+        with store.writer.begin() as conn:
+            conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder.in_([wait["holder"] for wait in dead])))
+    return dead

@@ -133,3 +133,18 @@ sync_leases = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Syncs waiting for a busy municipality (leases.py). A waiting run holds no lease, so should its process
+# die, this heartbeat going stale is how sync_followup_sensor learns of it and reports the run dead:
+# else it would show as started for ever, holding its municipality's slot in the run queue.
+sync_waits = sa.Table(
+    "sync_waits",
+    metadata,
+    sa.Column("holder", sa.String(64), primary_key=True),
+    sa.Column("municipality", sa.String(200), nullable=False),
+    sa.Column("document_type", sa.String(16), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)

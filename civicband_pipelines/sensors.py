@@ -5,7 +5,7 @@ import os
 import dagster as dg
 
 from .assets import TRIGGER_TAG, report_dead_run
-from .leases import WAIT_FOREVER, settle_dead_syncs
+from .leases import WAIT_FOREVER, settle_dead_syncs, settle_dead_waits
 from .naming import DOCUMENT_TYPES
 from .partitions import MUNICIPALITY, municipality_partitions, partition_key, partition_tags
 from .resources import MeetingStoreResource
@@ -79,12 +79,13 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
 
 
 def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[dict]:
-    """Settle the syncs that died without a word (leases.settle_dead_syncs) and report their runs
-    failed (assets.report_dead_run), so that Dagster's run retries resume them. Returns the settled jobs."""
+    """Settle the syncs that died without a word (leases.settle_dead_syncs) and report their runs, and
+    those of syncs that died waiting for a busy municipality, failed (assets.report_dead_run), so that
+    Dagster's run retries resume them. Returns the settled jobs."""
     settled = settle_dead_syncs(store)
-    for job in settled:
-        if job["run_id"]:
-            report_dead_run(instance, job["run_id"], partition_key(job["municipality"], job["document_type"]))
+    for dead in settled + settle_dead_waits(store):  # and the runs that died waiting for a busy municipality
+        if dead["run_id"]:
+            report_dead_run(instance, dead["run_id"], partition_key(dead["municipality"], dead["document_type"]))
     return settled
 
 

@@ -10,11 +10,19 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from civicband_pipelines.leases import MunicipalityBusy, MunicipalityLease, SyncOwner, active_lease, settle_dead_syncs
+from civicband_pipelines.leases import (
+    MunicipalityBusy,
+    MunicipalityLease,
+    SyncOwner,
+    active_lease,
+    settle_dead_syncs,
+    settle_dead_waits,
+    waiting_syncs,
+)
 from civicband_pipelines.schema import sync_leases
 from civicband_pipelines.store import LeaseLost
 
-from .conftest import commit_held, wait_for_a_lock_wait
+from .conftest import commit_held, wait_for_a_lock_wait, wait_until
 
 OWNER = SyncOwner("agenda", "incremental", "webhook", "run-1")
 
@@ -65,6 +73,37 @@ def test_a_killed_holder_frees_its_municipality_without_cleanup(store, store_url
     # PostgreSQL frees the advisory lock with the connection; on SQLite the lease goes stale (2 s here).
     with MunicipalityLease(store, "oakland.ca", SyncOwner("minutes"), wait=30, stale_after=2):
         assert store.lease("oakland.ca")["document_type"] == "minutes"
+
+
+WAIT = """
+import sys, time
+from civicband_pipelines.leases import MunicipalityLease, SyncOwner
+from civicband_pipelines.store import MeetingStore
+owner = SyncOwner("minutes", trigger="webhook", run_id=sys.argv[2])
+with MunicipalityLease(MeetingStore(sys.argv[1]), "oakland.ca", owner, wait=600, stale_after=2):
+    print("held", flush=True)
+"""
+
+
+def test_a_sync_that_dies_waiting_for_a_busy_municipality_is_found_by_its_stale_heartbeat(store, store_url):
+    # A waiting run holds no lease: without its own heartbeat, nothing would ever learn that it died.
+    with MunicipalityLease(store, "oakland.ca", OWNER, stale_after=2):
+        waiters = [subprocess.Popen([sys.executable, "-c", WAIT, store_url, run], stdout=subprocess.PIPE, text=True)
+                   for run in ("dies", "lives")]
+        try:
+            wait_until(lambda: len(waiting_syncs(store)) == 2, what="both syncs to wait")
+            waiters[0].kill()
+            waiters[0].wait()
+            (dead,) = wait_until(lambda: settle_dead_waits(store, stale_after=2), timeout=30, what="the dead wait")
+            assert (dead["run_id"], dead["municipality"], dead["document_type"]) == ("dies", "oakland.ca", "minutes")
+            assert [w["run_id"] for w in waiting_syncs(store)] == ["lives"], "the live waiter heartbeats"
+        except BaseException:
+            for waiter in waiters:
+                waiter.kill()
+            raise
+    assert waiters[1].stdout.readline().strip() == "held"  # it got the lease, and no longer waits
+    waiters[1].wait(timeout=30)
+    assert waiting_syncs(store) == []
 
 
 def test_running_jobs_without_a_live_lease_are_settled_as_failed(store):

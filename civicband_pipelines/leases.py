@@ -63,28 +63,37 @@ class MunicipalityLease:
 
     def __enter__(self) -> "MunicipalityLease":
         """Take the lease, waiting up to `wait` seconds for another sync of the municipality to end."""
-        deadline, last_beat = time.monotonic() + self.wait, None
+        deadline = time.monotonic() + self.wait
         try:
-            while True:
-                try:
-                    self._acquire()
-                    break
-                except MunicipalityBusy as busy:
-                    if time.monotonic() >= deadline:
-                        raise
-                    if last_beat is None:
-                        self.log.info("%s Waiting for it to end (at most %s).", busy, dt.timedelta(seconds=round(self.wait)))
-                    if last_beat is None or time.monotonic() - last_beat >= self.stale_after / 4:
-                        self._beat_wait(first=last_beat is None)
-                        last_beat = time.monotonic()
-                    time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
-        finally:
-            if last_beat is not None:
-                with self.store.writer.begin() as conn:
-                    conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder == self.holder))
+            self._acquire()
+        except MunicipalityBusy as busy:
+            if time.monotonic() >= deadline:
+                raise
+            self.log.info("%s Waiting for it to end (at most %s).", busy, dt.timedelta(seconds=round(self.wait)))
+            self._wait_for_lease(deadline)
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.municipality}", daemon=True)
         self._heartbeat.start()
         return self
+
+    def _wait_for_lease(self, deadline: float) -> None:
+        """Try again until the lease is ours or the deadline has passed. Meanwhile the wait heartbeats in
+        sync_waits: should this process die waiting, settle_dead_waits finds out."""
+        self._beat_wait(first=True)
+        last_beat = time.monotonic()
+        try:
+            while True:
+                time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+                try:
+                    self._acquire()
+                    return
+                except MunicipalityBusy:
+                    if time.monotonic() >= deadline:
+                        raise
+                if time.monotonic() - last_beat >= self.stale_after / 4:
+                    self._beat_wait(first=False)
+                    last_beat = time.monotonic()
+        finally:
+            self._end_wait()
 
     def _acquire(self) -> None:
         if self.store.engine.dialect.name == "postgresql":
@@ -104,15 +113,26 @@ class MunicipalityLease:
         self._release_advisory_lock()
 
     def _beat_wait(self, first: bool) -> None:
-        """Record (or refresh) that this sync waits: if it dies waiting, settle_dead_waits finds out."""
-        with self.store.writer.begin() as conn:
-            if first:
-                conn.execute(sync_waits.insert().values(
-                    holder=self.holder, municipality=self.municipality, document_type=self.owner.document_type,
-                    run_id=self.owner.run_id, host=socket.gethostname(), pid=os.getpid(), heartbeat_at=utcnow(),
-                ))
-            else:
-                conn.execute(sa.update(sync_waits).where(sync_waits.c.holder == self.holder).values(heartbeat_at=utcnow()))
+        # A failed beat (the database busy) is tried again at the next one: the wait goes on regardless.
+        try:
+            with self.store.writer.begin() as conn:
+                if first:
+                    conn.execute(sync_waits.insert().values(
+                        holder=self.holder, municipality=self.municipality, document_type=self.owner.document_type,
+                        run_id=self.owner.run_id, host=socket.gethostname(), pid=os.getpid(), heartbeat_at=utcnow(),
+                    ))
+                else:
+                    conn.execute(sa.update(sync_waits).where(sync_waits.c.holder == self.holder).values(heartbeat_at=utcnow()))
+        except Exception as error:
+            log.warning("%s: heartbeat of this sync's wait failed (%s: %s)", self.municipality, type(error).__name__, error)
+
+    def _end_wait(self) -> None:
+        # Should this fail once the lease is ours, settle_dead_waits sees that the wait's holder holds the lease.
+        try:
+            with self.store.writer.begin() as conn:
+                conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder == self.holder))
+        except Exception as error:
+            log.warning("%s: could not remove this sync's wait (%s: %s)", self.municipality, type(error).__name__, error)
 
     # -- PostgreSQL: the lock dies with its connection ----------------------------------------------
 
@@ -231,11 +251,14 @@ def waiting_syncs(store: MeetingStore) -> list[dict]:
 
 
 def settle_dead_waits(store: MeetingStore, stale_after: float | None = None) -> list[dict]:
-    """Remove and return the waits whose process died (their heartbeat is stale): a run that died
-    waiting holds no lease, so settle_dead_syncs cannot find it."""
+    """Remove the waits whose heartbeat is stale, and return those whose process died waiting: such a
+    run holds no lease, so settle_dead_syncs cannot find it. (A stale wait whose holder holds the lease
+    got it, and is the lease's business.)"""
     stale_after = stale_after or stale_after_from_env()
-    dead = [wait for wait in waiting_syncs(store) if is_stale(wait["heartbeat_at"], stale_after)]
-    if dead:
-        with store.writer.begin() as conn:
-            conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder.in_([wait["holder"] for wait in dead])))
-    return dead
+    stale = [wait for wait in waiting_syncs(store) if is_stale(wait["heartbeat_at"], stale_after)]
+    if not stale:
+        return []
+    with store.writer.begin() as conn:
+        conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder.in_([wait["holder"] for wait in stale])))
+    holders = {lease["holder"] for lease in store.leases().values()}
+    return [wait for wait in stale if wait["holder"] not in holders]

@@ -19,7 +19,7 @@ from civicband_pipelines.leases import (
     settle_dead_waits,
     waiting_syncs,
 )
-from civicband_pipelines.schema import sync_leases
+from civicband_pipelines.schema import sync_leases, sync_waits
 from civicband_pipelines.store import LeaseLost
 
 from .conftest import commit_held, wait_for_a_lock_wait, wait_until
@@ -104,6 +104,17 @@ def test_a_sync_that_dies_waiting_for_a_busy_municipality_is_found_by_its_stale_
     assert waiters[1].stdout.readline().strip() == "held"  # it got the lease, and no longer waits
     waiters[1].wait(timeout=30)
     assert waiting_syncs(store) == []
+
+
+def test_a_stale_wait_whose_holder_got_the_lease_is_removed_but_not_reported_dead(store):
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    with MunicipalityLease(store, "oakland.ca", OWNER) as lease:
+        # Left behind by a sync that got its lease but could not remove its wait (say, the database was busy).
+        with store.writer.begin() as conn:
+            conn.execute(sa.insert(sync_waits).values(holder=lease.holder, municipality="oakland.ca", document_type="agenda",
+                                                      run_id="run-1", host="h", pid=1, heartbeat_at=old))
+        assert settle_dead_waits(store) == []
+        assert waiting_syncs(store) == []
 
 
 def test_running_jobs_without_a_live_lease_are_settled_as_failed(store):

@@ -84,10 +84,10 @@ def meeting_pages(
 
 
 def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, resumed_by: str | None = None) -> None:
-    """A run whose process died with the code server that launched it (a crashed machine or container)
-    still shows as started, holding its municipality's slot in the run queue. Reported failed, it gets a run
-    retry that resumes its sync; if run `resumed_by` has taken it over already, it is reported canceled
-    instead, so that no retry does the work twice."""
+    """A run whose process died unreported (the code server that launched it died too, or the sync that
+    takes over its partition finds it first) still shows as started, holding its municipality's slot in
+    the run queue. Reported failed, it gets a run retry that resumes its sync; if run `resumed_by` has
+    taken it over already, it is reported canceled instead, so that no retry does the work twice."""
     run = instance.get_run_by_id(run_id)
     if not run or run.status not in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
         return

@@ -10,6 +10,7 @@ server drops the moment the holder dies. On SQLite a lease whose heartbeat is ol
 import datetime as dt
 import hashlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from .schema import sync_leases, sync_waits
-from .store import MeetingStore, utcnow
+from .store import LeaseLost, MeetingStore, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class MunicipalityLease:
         self._lock_connection: sa.Connection | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._wait_recorded = False  # a row in sync_waits says this sync waits
 
     def __enter__(self) -> "MunicipalityLease":
         """Take the lease, waiting up to `wait` seconds for another sync of the municipality to end."""
@@ -78,20 +80,19 @@ class MunicipalityLease:
     def _wait_for_lease(self, deadline: float) -> None:
         """Try again until the lease is ours or the deadline has passed. Meanwhile the wait heartbeats in
         sync_waits: should this process die waiting, settle_dead_waits finds out."""
-        self._beat_wait(first=True)
-        last_beat = time.monotonic()
+        last_beat = -math.inf
         try:
             while True:
-                time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+                if time.monotonic() - last_beat >= self.stale_after / 4:
+                    self._beat_wait()
+                    last_beat = time.monotonic()
+                time.sleep(min(WAIT_POLL_SECONDS, self.stale_after / 4, max(0.0, deadline - time.monotonic())))
                 try:
                     self._acquire()
                     return
                 except MunicipalityBusy:
                     if time.monotonic() >= deadline:
                         raise
-                if time.monotonic() - last_beat >= self.stale_after / 4:
-                    self._beat_wait(first=False)
-                    last_beat = time.monotonic()
         finally:
             self._end_wait()
 
@@ -112,27 +113,39 @@ class MunicipalityLease:
             conn.execute(sa.delete(sync_leases).where(self._mine()))
         self._release_advisory_lock()
 
-    def _beat_wait(self, first: bool) -> None:
-        # A failed beat (the database busy) is tried again at the next one: the wait goes on regardless.
+    # -- the wait row ------------------------------------------------------------------------------
+
+    def _beat_wait(self) -> None:
+        """Record this wait, or refresh it. A failed beat (the database busy) is tried again at the next."""
         try:
             with self.store.writer.begin() as conn:
-                if first:
+                if self._wait_recorded:
+                    if conn.execute(sa.update(sync_waits).where(sync_waits.c.holder == self.holder)
+                                    .values(heartbeat_at=_heartbeat_now(conn))).rowcount == 0:
+                        raise LeaseLost(self._wait_settled())
+                else:
                     conn.execute(sync_waits.insert().values(
                         holder=self.holder, municipality=self.municipality, document_type=self.owner.document_type,
-                        run_id=self.owner.run_id, host=socket.gethostname(), pid=os.getpid(), heartbeat_at=utcnow(),
+                        run_id=self.owner.run_id, host=socket.gethostname(), pid=os.getpid(),
+                        heartbeat_at=_heartbeat_now(conn),
                     ))
-                else:
-                    conn.execute(sa.update(sync_waits).where(sync_waits.c.holder == self.holder).values(heartbeat_at=utcnow()))
-        except Exception as error:
+            self._wait_recorded = True
+        except sa.exc.SQLAlchemyError as error:
             log.warning("%s: heartbeat of this sync's wait failed (%s: %s)", self.municipality, type(error).__name__, error)
 
     def _end_wait(self) -> None:
-        # Should this fail once the lease is ours, settle_dead_waits sees that the wait's holder holds the lease.
+        """Remove the wait row if it is still there (given up, Ctrl-C); _claim_row removes it with the claim."""
+        if not self._wait_recorded:
+            return
         try:
             with self.store.writer.begin() as conn:
                 conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder == self.holder))
-        except Exception as error:
+        except sa.exc.SQLAlchemyError as error:
             log.warning("%s: could not remove this sync's wait (%s: %s)", self.municipality, type(error).__name__, error)
+
+    def _wait_settled(self) -> str:
+        return (f"{self.municipality}: this sync's wait for the municipality was taken for dead (its heartbeat went "
+                "stale) and its run reported failed; it stops rather than sync beside the run's retry")
 
     # -- PostgreSQL: the lock dies with its connection ----------------------------------------------
 
@@ -163,6 +176,10 @@ class MunicipalityLease:
                 mode=self.owner.mode, trigger=self.owner.trigger, run_id=self.owner.run_id,
                 host=socket.gethostname(), pid=os.getpid(), started_at=now, heartbeat_at=now,
             ))
+            # The wait ends with the claim, in one transaction: a wait row never outlives its wait.
+            waited = conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder == self.holder)).rowcount
+            if self._wait_recorded and not waited:  # settle_dead_waits removed it: rolls the claim back
+                raise LeaseLost(self._wait_settled())
 
     def _beat(self) -> None:
         # A failed beat (say, the database busy) is retried at the next one rather than ending the
@@ -251,14 +268,30 @@ def waiting_syncs(store: MeetingStore) -> list[dict]:
 
 
 def settle_dead_waits(store: MeetingStore, stale_after: float | None = None) -> list[dict]:
-    """Remove the waits whose heartbeat is stale, and return those whose process died waiting: such a
-    run holds no lease, so settle_dead_syncs cannot find it. (A stale wait whose holder holds the lease
-    got it, and is the lease's business.)"""
+    """Remove and return the waits whose heartbeat is stale: their process died waiting, and such a run
+    holds no lease for settle_dead_syncs to find. Each is removed as read, so a wait that beats
+    meanwhile is left alone, and two settlers at once report it once."""
     stale_after = stale_after or stale_after_from_env()
-    stale = [wait for wait in waiting_syncs(store) if is_stale(wait["heartbeat_at"], stale_after)]
-    if not stale:
-        return []
-    with store.writer.begin() as conn:
-        conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder.in_([wait["holder"] for wait in stale])))
-    holders = {lease["holder"] for lease in store.leases().values()}
-    return [wait for wait in stale if wait["holder"] not in holders]
+    with store.engine.connect() as conn:
+        now = _clock(conn)
+        stale = [dict(row._mapping) for row in conn.execute(sa.select(sync_waits))
+                 if is_stale(row.heartbeat_at, stale_after, now)]
+    dead = []
+    for wait in stale:
+        with store.writer.begin() as conn:
+            settled = conn.execute(sa.delete(sync_waits).where(
+                sync_waits.c.holder == wait["holder"], sync_waits.c.heartbeat_at == wait["heartbeat_at"]))
+        if settled.rowcount:
+            dead.append(wait)
+    return dead
+
+
+def _heartbeat_now(conn: sa.Connection):
+    """What a wait's heartbeat is stamped with: on PostgreSQL the server's clock, since waits are judged
+    on other hosts (the sensor's) than they beat on; on SQLite (one machine) this host's."""
+    return sa.func.now() if conn.dialect.name == "postgresql" else utcnow()
+
+
+def _clock(conn: sa.Connection) -> dt.datetime:
+    """The clock _heartbeat_now stamps with, read now."""
+    return conn.execute(sa.select(sa.func.now())).scalar_one() if conn.dialect.name == "postgresql" else utcnow()

@@ -79,9 +79,9 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
 
 
 def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[dict]:
-    """Settle the syncs that died without a word (leases.settle_dead_syncs) and report their runs, and
-    those of syncs that died waiting for a busy municipality, failed (assets.report_dead_run), so that
-    Dagster's run retries resume them. Returns the settled jobs."""
+    """Report the runs of dead syncs failed (assets.report_dead_run), so that Dagster's run retries
+    resume them: syncs that died without a word (leases.settle_dead_syncs) and syncs that died waiting
+    for a busy municipality (leases.settle_dead_waits). Returns the settled jobs (not the waits)."""
     settled = settle_dead_syncs(store)
     for dead in settled + settle_dead_waits(store):  # and the runs that died waiting for a busy municipality
         if dead["run_id"]:

@@ -19,7 +19,7 @@ from civicband_pipelines.leases import (
     settle_dead_waits,
     waiting_syncs,
 )
-from civicband_pipelines.schema import sync_leases, sync_waits
+from civicband_pipelines.schema import sync_leases
 from civicband_pipelines.store import LeaseLost
 
 from .conftest import commit_held, wait_for_a_lock_wait, wait_until
@@ -80,21 +80,21 @@ import sys, time
 from civicband_pipelines.leases import MunicipalityLease, SyncOwner
 from civicband_pipelines.store import MeetingStore
 owner = SyncOwner("minutes", trigger="webhook", run_id=sys.argv[2])
-with MunicipalityLease(MeetingStore(sys.argv[1]), "oakland.ca", owner, wait=600, stale_after=2):
+with MunicipalityLease(MeetingStore(sys.argv[1]), "oakland.ca", owner, wait=600, stale_after=5):
     print("held", flush=True)
 """
 
 
 def test_a_sync_that_dies_waiting_for_a_busy_municipality_is_found_by_its_stale_heartbeat(store, store_url):
     # A waiting run holds no lease: without its own heartbeat, nothing would ever learn that it died.
-    with MunicipalityLease(store, "oakland.ca", OWNER, stale_after=2):
+    with MunicipalityLease(store, "oakland.ca", OWNER, stale_after=5):
         waiters = [subprocess.Popen([sys.executable, "-c", WAIT, store_url, run], stdout=subprocess.PIPE, text=True)
                    for run in ("dies", "lives")]
         try:
             wait_until(lambda: len(waiting_syncs(store)) == 2, what="both syncs to wait")
             waiters[0].kill()
             waiters[0].wait()
-            (dead,) = wait_until(lambda: settle_dead_waits(store, stale_after=2), timeout=30, what="the dead wait")
+            (dead,) = wait_until(lambda: settle_dead_waits(store, stale_after=5), timeout=30, what="the dead wait")
             assert (dead["run_id"], dead["municipality"], dead["document_type"]) == ("dies", "oakland.ca", "minutes")
             assert [w["run_id"] for w in waiting_syncs(store)] == ["lives"], "the live waiter heartbeats"
         except BaseException:
@@ -106,15 +106,42 @@ def test_a_sync_that_dies_waiting_for_a_busy_municipality_is_found_by_its_stale_
     assert waiting_syncs(store) == []
 
 
-def test_a_stale_wait_whose_holder_got_the_lease_is_removed_but_not_reported_dead(store):
-    old = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
-    with MunicipalityLease(store, "oakland.ca", OWNER) as lease:
-        # Left behind by a sync that got its lease but could not remove its wait (say, the database was busy).
-        with store.writer.begin() as conn:
-            conn.execute(sa.insert(sync_waits).values(holder=lease.holder, municipality="oakland.ca", document_type="agenda",
-                                                      run_id="run-1", host="h", pid=1, heartbeat_at=old))
-        assert settle_dead_waits(store) == []
-        assert waiting_syncs(store) == []
+def waiting_in_a_thread(store, stale_after: float):
+    """A sync waiting for oakland.ca in a thread; returns (thread, outcome), outcome filled when it ends."""
+    outcome: dict = {}
+
+    def wait():
+        try:
+            with MunicipalityLease(store, "oakland.ca", SyncOwner("minutes", run_id="waiter"), wait=60, stale_after=stale_after):
+                outcome["held"] = True
+        except Exception as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    wait_until(lambda: waiting_syncs(store), what="the sync to wait")
+    return thread, outcome
+
+
+def test_a_wait_taken_for_dead_stops_instead_of_claiming_the_lease(store):
+    # Its run has been reported failed and retried meanwhile: it must not sync beside the retry.
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        thread, outcome = waiting_in_a_thread(store, stale_after=60)  # next beat in 15 s: the claim finds out
+        (settled,) = settle_dead_waits(store, stale_after=0.001)  # as if it had stopped beating for a while
+        assert settled["run_id"] == "waiter" and waiting_syncs(store) == []
+    thread.join(timeout=30)
+    assert isinstance(outcome.get("error"), LeaseLost) and "taken for dead" in str(outcome["error"]), outcome
+    assert store.lease("oakland.ca") is None, "the claim was rolled back"
+
+
+def test_a_wait_taken_for_dead_stops_at_its_next_heartbeat(postgres_store):
+    store = postgres_store  # the lease is an advisory lock here: the waiter's short stale_after cannot take it over
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        thread, outcome = waiting_in_a_thread(store, stale_after=0.4)
+        settle_dead_waits(store, stale_after=0.001)
+        thread.join(timeout=30)
+        assert isinstance(outcome.get("error"), LeaseLost) and "taken for dead" in str(outcome["error"]), outcome
+        assert store.lease("oakland.ca")["run_id"] == "run-1"
 
 
 def test_running_jobs_without_a_live_lease_are_settled_as_failed(store):

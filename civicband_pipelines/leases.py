@@ -274,8 +274,7 @@ def settle_dead_waits(store: MeetingStore, stale_after: float | None = None) -> 
     stale_after = stale_after or stale_after_from_env()
     with store.engine.connect() as conn:
         now = _clock(conn)
-        stale = [dict(row._mapping) for row in conn.execute(sa.select(sync_waits))
-                 if is_stale(row.heartbeat_at, stale_after, now)]
+    stale = [wait for wait in waiting_syncs(store) if is_stale(wait["heartbeat_at"], stale_after, now)]
     dead = []
     for wait in stale:
         with store.writer.begin() as conn:

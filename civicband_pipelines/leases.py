@@ -130,6 +130,8 @@ class MunicipalityLease:
                         heartbeat_at=_heartbeat_now(conn),
                     ))
             self._wait_recorded = True
+        except sa.exc.IntegrityError:  # an insert that failed to report but landed: the row is there
+            self._wait_recorded = True
         except sa.exc.SQLAlchemyError as error:
             log.warning("%s: heartbeat of this sync's wait failed (%s: %s)", self.municipality, type(error).__name__, error)
 
@@ -145,7 +147,7 @@ class MunicipalityLease:
 
     def _wait_settled(self) -> str:
         return (f"{self.municipality}: this sync's wait for the municipality was taken for dead (its heartbeat went "
-                "stale) and its run reported failed; it stops rather than sync beside the run's retry")
+                "stale) and its run reported failed, which a daemon's run retries; it stops rather than sync beside that")
 
     # -- PostgreSQL: the lock dies with its connection ----------------------------------------------
 
@@ -180,6 +182,7 @@ class MunicipalityLease:
             waited = conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder == self.holder)).rowcount
             if self._wait_recorded and not waited:  # settle_dead_waits removed it: rolls the claim back
                 raise LeaseLost(self._wait_settled())
+        self._wait_recorded = False
 
     def _beat(self) -> None:
         # A failed beat (say, the database busy) is retried at the next one rather than ending the

@@ -10,6 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from civicband_pipelines import leases
 from civicband_pipelines.leases import (
     MunicipalityBusy,
     MunicipalityLease,
@@ -19,7 +20,7 @@ from civicband_pipelines.leases import (
     settle_dead_waits,
     waiting_syncs,
 )
-from civicband_pipelines.schema import sync_leases
+from civicband_pipelines.schema import sync_leases, sync_waits
 from civicband_pipelines.store import LeaseLost
 
 from .conftest import commit_held, wait_for_a_lock_wait, wait_until
@@ -127,7 +128,8 @@ def test_a_wait_taken_for_dead_stops_instead_of_claiming_the_lease(store):
     # Its run has been reported failed and retried meanwhile: it must not sync beside the retry.
     with MunicipalityLease(store, "oakland.ca", OWNER):
         thread, outcome = waiting_in_a_thread(store, stale_after=60)  # next beat in 15 s: the claim finds out
-        (settled,) = settle_dead_waits(store, stale_after=0.001)  # as if it had stopped beating for a while
+        # as if it had stopped beating for a while
+        (settled,) = wait_until(lambda: settle_dead_waits(store, stale_after=0.001), what="the wait settled")
         assert settled["run_id"] == "waiter" and waiting_syncs(store) == []
     thread.join(timeout=30)
     assert isinstance(outcome.get("error"), LeaseLost) and "taken for dead" in str(outcome["error"]), outcome
@@ -138,10 +140,48 @@ def test_a_wait_taken_for_dead_stops_at_its_next_heartbeat(postgres_store):
     store = postgres_store  # the lease is an advisory lock here: the waiter's short stale_after cannot take it over
     with MunicipalityLease(store, "oakland.ca", OWNER):
         thread, outcome = waiting_in_a_thread(store, stale_after=0.4)
-        settle_dead_waits(store, stale_after=0.001)
+        wait_until(lambda: settle_dead_waits(store, stale_after=0.001), what="the wait settled")
         thread.join(timeout=30)
         assert isinstance(outcome.get("error"), LeaseLost) and "taken for dead" in str(outcome["error"]), outcome
         assert store.lease("oakland.ca")["run_id"] == "run-1"
+
+
+def test_a_wait_that_beats_after_it_was_read_as_stale_is_left_alone(store, monkeypatch):
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        thread, outcome = waiting_in_a_thread(store, stale_after=60)
+        (read,) = waiting_syncs(store)
+        monkeypatch.setattr(leases, "waiting_syncs", lambda _store: [read])  # what a settler read, then:
+        with store.writer.begin() as conn:  # the wait beats
+            conn.execute(sa.update(sync_waits).values(heartbeat_at=read["heartbeat_at"] + dt.timedelta(seconds=1)))
+        assert settle_dead_waits(store, stale_after=0.001) == []
+        monkeypatch.undo()
+        assert [w["holder"] for w in waiting_syncs(store)] == [read["holder"]]
+    thread.join(timeout=30)
+    assert outcome == {"held": True}
+
+
+@pytest.mark.parametrize("skew_hours", [1, -1])
+def test_postgresql_judges_waits_by_the_servers_clock(postgres_store, monkeypatch, skew_hours):
+    # Waits beat in run pods and are judged in the daemon's: their clocks need not agree.
+    store, real_utcnow = postgres_store, leases.utcnow
+    monkeypatch.setattr(leases, "utcnow", lambda: real_utcnow() + dt.timedelta(hours=skew_hours))
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        thread, outcome = waiting_in_a_thread(store, stale_after=60)
+        assert settle_dead_waits(store, stale_after=60) == [], "a fresh wait, by the server's clock"
+    thread.join(timeout=30)
+    assert outcome == {"held": True}
+
+
+def test_a_wait_beats_often_enough_for_a_stale_after_below_the_poll_interval(postgres_store):
+    store = postgres_store  # an advisory lock: the waiter's short stale_after cannot take the lease over
+    with MunicipalityLease(store, "oakland.ca", OWNER):
+        thread, outcome = waiting_in_a_thread(store, stale_after=0.8)  # beats every 0.2 s, not every 1 s poll
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert settle_dead_waits(store, stale_after=0.8) == []
+            time.sleep(0.05)
+    thread.join(timeout=30)
+    assert outcome == {"held": True}
 
 
 def test_running_jobs_without_a_live_lease_are_settled_as_failed(store):

@@ -121,13 +121,13 @@ class MunicipalityLease:
             with self.store.writer.begin() as conn:
                 if self._wait_recorded:
                     if conn.execute(sa.update(sync_waits).where(sync_waits.c.holder == self.holder)
-                                    .values(heartbeat_at=_heartbeat_now(conn))).rowcount == 0:
+                                    .values(heartbeat_at=_clock(conn))).rowcount == 0:
                         raise LeaseLost(self._wait_settled())
                 else:
                     conn.execute(sync_waits.insert().values(
                         holder=self.holder, municipality=self.municipality, document_type=self.owner.document_type,
                         run_id=self.owner.run_id, host=socket.gethostname(), pid=os.getpid(),
-                        heartbeat_at=_heartbeat_now(conn),
+                        heartbeat_at=_clock(conn),
                     ))
             self._wait_recorded = True
         except sa.exc.IntegrityError:  # an insert that failed to report but landed: the row is there
@@ -288,12 +288,7 @@ def settle_dead_waits(store: MeetingStore, stale_after: float | None = None) -> 
     return dead
 
 
-def _heartbeat_now(conn: sa.Connection):
-    """What a wait's heartbeat is stamped with: on PostgreSQL the server's clock, since waits are judged
-    on other hosts (the sensor's) than they beat on; on SQLite (one machine) this host's."""
-    return sa.func.now() if conn.dialect.name == "postgresql" else utcnow()
-
-
 def _clock(conn: sa.Connection) -> dt.datetime:
-    """The clock _heartbeat_now stamps with, read now."""
+    """The time waits are stamped and judged by: on PostgreSQL the server's, since waits are judged on
+    other hosts (the sensor's) than they beat on; on SQLite (one machine) this host's."""
     return conn.execute(sa.select(sa.func.now())).scalar_one() if conn.dialect.name == "postgresql" else utcnow()

@@ -83,7 +83,7 @@ def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[
     resume them: syncs that died without a word (leases.settle_dead_syncs) and syncs that died waiting
     for a busy municipality (leases.settle_dead_waits). Returns the settled jobs (not the waits)."""
     settled = settle_dead_syncs(store)
-    for dead in settled + settle_dead_waits(store):  # and the runs that died waiting for a busy municipality
+    for dead in settled + settle_dead_waits(store):
         if dead["run_id"]:
             report_dead_run(instance, dead["run_id"], partition_key(dead["municipality"], dead["document_type"]))
     return settled

@@ -212,7 +212,7 @@ def _run(instance: dg.DagsterInstance, job_name: str, partition: tuple[str, str]
     # select only asset checks (Dagster 1.13 looks for a partitioned asset in the selection).
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
-        run_config={**run_config, "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config={**run_config, "loggers": {"terminal": {"config": {"log_level": "INFO"}}}},
         tags={**partition_tags(*partition), "civicband/trigger": "cli"},
         raise_on_error=False,
     )

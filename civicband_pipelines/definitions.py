@@ -4,6 +4,7 @@ import dagster as dg
 
 from .assets import coverage_report, meeting_pages
 from .checks import matches_upstream
+from .loggers import terminal_logger
 from .partitions import meeting_page_partitions
 from .resources import CivicBandResource, MeetingStoreResource
 from .sensors import sync_followup_sensor, webhook_sensor
@@ -28,6 +29,8 @@ defs = dg.Definitions(
     jobs=[meeting_pages_job, verify_job],
     sensors=[webhook_sensor, sync_followup_sensor],
     resources={"civicband": CivicBandResource(), "meeting_store": MeetingStoreResource()},
+    # Runs whose config names no logger (the UI's, the sensors') get Dagster's default console logger.
+    loggers={"console": dg.colored_console_logger, "terminal": terminal_logger},
     # One step and its check per run: a process per step would only add seconds to every run.
     executor=dg.in_process_executor,
 )

@@ -201,6 +201,24 @@ def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
     assert too_big.returncode == 2 and "--batch-size must be between 1 and 10000" in too_big.stderr
 
 
+def test_a_failed_sync_is_one_line_with_its_reason_not_a_traceback(cli_env, store, replica, municipality):
+    assert civicband(cli_env, "municipalities", "add", municipality).returncode == 0
+    replica.set_faults(rate=1.0, kinds=["error_500"])
+    failed = civicband({**cli_env, "CIVICBAND_HTTP_RETRIES": "1"}, "backfill", f"--subdomain={municipality}",
+                       "--document-type=agenda")
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 1 and f"FAILED: {municipality}/agenda" in failed.stderr
+    run_id = store.job(municipality, "agenda")["run_id"]
+    assert (f'ERROR: Execution of step "meeting_pages" failed: civicband_pipelines.client.TransientError: HTTP 500 '
+            f"from {replica.base_url_template.format(subdomain=municipality)}/meetings/agendas.json") in output
+    assert f"(traceback in the logs of run {run_id})" in output
+    assert "Stack Trace" not in output and output.count("HTTP 500 from") == 1 + 2, "the failure once; two retry warnings"
+    replica.clear_faults()
+    synced = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda")
+    assert synced.returncode == 0 and f"{municipality}/agenda: batch 1: " in synced.stderr
+    assert " - dagster - " not in synced.stderr, "the sync's own lines, without Dagster's prefix per line"
+
+
 def test_verify_reports_missing_pages_and_exit_code(cli_env, store, replica_root, municipality):
     assert civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda").returncode == 0
     assert civicband(cli_env, "verify", f"--subdomain={municipality}", "--document-type=agenda").returncode == 0

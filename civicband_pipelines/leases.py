@@ -133,7 +133,7 @@ class MunicipalityLease:
         except sa.exc.IntegrityError:  # an insert that failed to report but landed: the row is there
             self._wait_recorded = True
         except sa.exc.SQLAlchemyError as error:
-            log.warning("%s: heartbeat of this sync's wait failed (%s: %s)", self.municipality, type(error).__name__, error)
+            self.log.warning("%s: heartbeat of this sync's wait failed (%s: %s)", self.municipality, type(error).__name__, error)
 
     def _end_wait(self) -> None:
         """Remove the wait row if it is still there (given up, Ctrl-C); _claim_row removes it with the claim."""
@@ -143,7 +143,7 @@ class MunicipalityLease:
             with self.store.writer.begin() as conn:
                 conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder == self.holder))
         except sa.exc.SQLAlchemyError as error:
-            log.warning("%s: could not remove this sync's wait (%s: %s)", self.municipality, type(error).__name__, error)
+            self.log.warning("%s: could not remove this sync's wait (%s: %s)", self.municipality, type(error).__name__, error)
 
     def _wait_settled(self) -> str:
         return (f"{self.municipality}: this sync's wait for the municipality was taken for dead (its heartbeat went "
@@ -193,10 +193,10 @@ class MunicipalityLease:
                 with self.store.writer.begin() as conn:
                     beat = conn.execute(sa.update(sync_leases).where(self._mine()).values(heartbeat_at=utcnow()))
             except Exception as error:
-                log.warning("%s: lease heartbeat failed (%s: %s); retrying", self.municipality, type(error).__name__, error)
+                self.log.warning("%s: lease heartbeat failed (%s: %s); retrying", self.municipality, type(error).__name__, error)
                 continue
             if beat.rowcount == 0:
-                log.error("%s: another sync took over this sync's lease; its next write stops it", self.municipality)
+                self.log.error("%s: another sync took over this sync's lease; its next write stops it", self.municipality)
                 return
 
     def _mine(self):

@@ -224,6 +224,18 @@ def test_a_sync_waiting_for_a_busy_municipality_says_so_once(store, caplog):
     assert len(waiting) == 1 and waiting[0].startswith("Backfill already in progress for oakland.ca"), caplog.text
 
 
+def test_the_heartbeat_reports_a_lost_lease_in_the_syncs_own_log(store):
+    # The sync's log is the run's log in Dagster (context.log): where an operator reads about the run.
+    records: list[logging.LogRecord] = []
+    run_log = logging.Logger("run")
+    run_log.addHandler(type("Collect", (logging.Handler,), {"emit": lambda self, record: records.append(record)})())
+    with MunicipalityLease(store, "oakland.ca", OWNER, stale_after=0.4, log=run_log):
+        with store.writer.begin() as conn:  # another sync's takeover
+            conn.execute(sa.update(sync_leases).values(holder="another"))
+        wait_until(lambda: records, what="the heartbeat to notice")
+    assert [r.getMessage() for r in records] == ["oakland.ca: another sync took over this sync's lease; its next write stops it"]
+
+
 def test_postgresql_fences_off_a_sync_that_lost_its_advisory_lock_even_mid_write(postgres_store):
     """The lock's session can die while its sync goes on (idle_session_timeout, a dropped connection);
     then another sync may take over. A batch being written holds the lease row until it commits, so the

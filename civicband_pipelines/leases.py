@@ -249,18 +249,21 @@ def refusal(municipality: str, lease: dict | None, now: dt.datetime | None = Non
     )
 
 
-def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None) -> list[dict]:
+def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None, report=None) -> list[dict]:
     """Mark `running` jobs whose municipality has no live lease as failed: their process died.
 
     A sync takes its lease before it updates its job, so a job still as it was read before its lease
     was found dead is dead; one that started meanwhile is left alone. The saved cursor stays, so the
-    next run resumes. Returns the settled jobs.
+    next run resumes. `report(job)` is called for each dead job first: if it raises, no job is
+    marked, so the next call finds them all again. Returns the settled jobs.
     """
     running = store.running_jobs()
     live = {m for m in {job["municipality"] for job in running} if active_lease(store, m, stale_after) is not None}
+    dead = [job for job in running if job["municipality"] not in live]
+    for job in dead if report else ():
+        report(job)
     return store.fail_jobs_as_read(
-        [job for job in running if job["municipality"] not in live],
-        error="the sync stopped without reporting (process killed?); the next run resumes at its cursor",
+        dead, error="the sync stopped without reporting (process killed?); the next run resumes at its cursor",
     )
 
 
@@ -270,10 +273,11 @@ def waiting_syncs(store: MeetingStore) -> list[dict]:
         return [dict(row._mapping) for row in conn.execute(sa.select(sync_waits))]
 
 
-def settle_dead_waits(store: MeetingStore, stale_after: float | None = None) -> list[dict]:
+def settle_dead_waits(store: MeetingStore, stale_after: float | None = None, report=None) -> list[dict]:
     """Remove and return the waits whose heartbeat is stale: their process died waiting, and such a run
     holds no lease for settle_dead_syncs to find. Each is removed as read, so a wait that beats
-    meanwhile is left alone, and two settlers at once report it once."""
+    meanwhile is left alone, and two settlers at once report it once. `report(wait)` is called for
+    each wait removed; if it raises, the wait is put back as it was, to be found again."""
     stale_after = stale_after or stale_after_from_env()
     with store.engine.connect() as conn:
         now = _clock(conn)
@@ -283,8 +287,16 @@ def settle_dead_waits(store: MeetingStore, stale_after: float | None = None) -> 
         with store.writer.begin() as conn:
             settled = conn.execute(sa.delete(sync_waits).where(
                 sync_waits.c.holder == wait["holder"], sync_waits.c.heartbeat_at == wait["heartbeat_at"]))
-        if settled.rowcount:
-            dead.append(wait)
+        if not settled.rowcount:
+            continue
+        try:
+            if report:
+                report(wait)
+        except BaseException:
+            with store.writer.begin() as conn:  # a wait that meanwhile stopped on its missing row leaves it unused
+                conn.execute(sync_waits.insert().values(**wait))
+            raise
+        dead.append(wait)
     return dead
 
 

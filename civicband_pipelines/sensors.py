@@ -81,11 +81,15 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
 def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[dict]:
     """Report the runs of dead syncs failed (assets.report_dead_run), so that Dagster's run retries
     resume them: syncs that died without a word (leases.settle_dead_syncs) and syncs that died waiting
-    for a busy municipality (leases.settle_dead_waits). Returns the settled jobs (not the waits)."""
-    settled = settle_dead_syncs(store)
-    for dead in settled + settle_dead_waits(store):
+    for a busy municipality (leases.settle_dead_waits). A report that fails (the instance's database
+    away) leaves its sync to be found again next time. Returns the settled jobs (not the waits)."""
+
+    def report(dead: dict) -> None:
         if dead["run_id"]:
             report_dead_run(instance, dead["run_id"], partition_key(dead["municipality"], dead["document_type"]))
+
+    settled = settle_dead_syncs(store, report=report)
+    settle_dead_waits(store, report=report)
     return settled
 
 

@@ -71,7 +71,7 @@ class MunicipalityLease:
         except MunicipalityBusy as busy:
             if time.monotonic() >= deadline:
                 raise
-            self.log.info("%s Waiting for it to end (at most %s).", busy, dt.timedelta(seconds=round(self.wait)))
+            self._log(logging.INFO, "%s Waiting for it to end (at most %s).", busy, dt.timedelta(seconds=round(self.wait)))
             self._wait_for_lease(deadline)
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.municipality}", daemon=True)
         self._heartbeat.start()
@@ -113,6 +113,14 @@ class MunicipalityLease:
             conn.execute(sa.delete(sync_leases).where(self._mine()))
         self._release_advisory_lock()
 
+    def _log(self, level: int, message: str, *args) -> None:
+        """To the sync's log (the run's, in Dagster); should that fail (the instance's database away),
+        to this module's: a heartbeat must never die of a log line."""
+        try:
+            self.log.log(level, message, *args)
+        except Exception:
+            log.log(level, message, *args)
+
     # -- the wait row ------------------------------------------------------------------------------
 
     def _beat_wait(self) -> None:
@@ -133,7 +141,7 @@ class MunicipalityLease:
         except sa.exc.IntegrityError:  # an insert that failed to report but landed: the row is there
             self._wait_recorded = True
         except sa.exc.SQLAlchemyError as error:
-            self.log.warning("%s: heartbeat of this sync's wait failed (%s: %s)", self.municipality, type(error).__name__, error)
+            self._log(logging.WARNING, "%s: heartbeat of this sync's wait failed (%s: %s)", self.municipality, type(error).__name__, error)
 
     def _end_wait(self) -> None:
         """Remove the wait row if it is still there (given up, Ctrl-C); _claim_row removes it with the claim."""
@@ -143,7 +151,7 @@ class MunicipalityLease:
             with self.store.writer.begin() as conn:
                 conn.execute(sa.delete(sync_waits).where(sync_waits.c.holder == self.holder))
         except sa.exc.SQLAlchemyError as error:
-            self.log.warning("%s: could not remove this sync's wait (%s: %s)", self.municipality, type(error).__name__, error)
+            self._log(logging.WARNING, "%s: could not remove this sync's wait (%s: %s)", self.municipality, type(error).__name__, error)
 
     def _wait_settled(self) -> str:
         return (f"{self.municipality}: this sync's wait for the municipality was taken for dead (its heartbeat went "
@@ -193,10 +201,10 @@ class MunicipalityLease:
                 with self.store.writer.begin() as conn:
                     beat = conn.execute(sa.update(sync_leases).where(self._mine()).values(heartbeat_at=utcnow()))
             except Exception as error:
-                self.log.warning("%s: lease heartbeat failed (%s: %s); retrying", self.municipality, type(error).__name__, error)
+                self._log(logging.WARNING, "%s: lease heartbeat failed (%s: %s); retrying", self.municipality, type(error).__name__, error)
                 continue
             if beat.rowcount == 0:
-                self.log.error("%s: another sync took over this sync's lease; its next write stops it", self.municipality)
+                self._log(logging.ERROR, "%s: another sync took over this sync's lease; its next write stops it", self.municipality)
                 return
 
     def _mine(self):
@@ -254,17 +262,18 @@ def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None, rep
 
     A sync takes its lease before it updates its job, so a job still as it was read before its lease
     was found dead is dead; one that started meanwhile is left alone. The saved cursor stays, so the
-    next run resumes. `report(job)` is called for each dead job first: if it raises, no job is
-    marked, so the next call finds them all again. Returns the settled jobs.
+    next run resumes. Each dead job is first given to `report(job)`; one whose report fails is logged
+    and left `running`, to be found again next time. Returns the settled jobs.
     """
     running = store.running_jobs()
     live = {m for m in {job["municipality"] for job in running} if active_lease(store, m, stale_after) is not None}
-    dead = [job for job in running if job["municipality"] not in live]
-    for job in dead if report else ():
-        report(job)
-    return store.fail_jobs_as_read(
-        dead, error="the sync stopped without reporting (process killed?); the next run resumes at its cursor",
-    )
+    settled = []
+    for job in (job for job in running if job["municipality"] not in live):
+        if _reported(report, job):
+            settled += store.fail_jobs_as_read(
+                [job], error="the sync stopped without reporting (process killed?); the next run resumes at its cursor",
+            )
+    return settled
 
 
 def waiting_syncs(store: MeetingStore) -> list[dict]:
@@ -276,8 +285,8 @@ def waiting_syncs(store: MeetingStore) -> list[dict]:
 def settle_dead_waits(store: MeetingStore, stale_after: float | None = None, report=None) -> list[dict]:
     """Remove and return the waits whose heartbeat is stale: their process died waiting, and such a run
     holds no lease for settle_dead_syncs to find. Each is removed as read, so a wait that beats
-    meanwhile is left alone, and two settlers at once report it once. `report(wait)` is called for
-    each wait removed; if it raises, the wait is put back as it was, to be found again."""
+    meanwhile is left alone, and two settlers at once report it once. Each removed wait is then given
+    to `report(wait)`; one whose report fails is logged and put back as it was, to be found again."""
     stale_after = stale_after or stale_after_from_env()
     with store.engine.connect() as conn:
         now = _clock(conn)
@@ -289,15 +298,28 @@ def settle_dead_waits(store: MeetingStore, stale_after: float | None = None, rep
                 sync_waits.c.holder == wait["holder"], sync_waits.c.heartbeat_at == wait["heartbeat_at"]))
         if not settled.rowcount:
             continue
-        try:
-            if report:
-                report(wait)
-        except BaseException:
-            with store.writer.begin() as conn:  # a wait that meanwhile stopped on its missing row leaves it unused
+        if _reported(report, wait):
+            dead.append(wait)
+            continue
+        try:  # (a wait that stopped meanwhile, on finding its row gone, leaves the row unused)
+            with store.writer.begin() as conn:
                 conn.execute(sync_waits.insert().values(**wait))
-            raise
-        dead.append(wait)
+        except sa.exc.SQLAlchemyError as error:
+            log.warning("%s: could not put back the wait of run %s (%s: %s): it will not be reported again",
+                        wait["municipality"], wait["run_id"], type(error).__name__, error)
     return dead
+
+
+def _reported(report, dead: dict) -> bool:
+    """Whether `report(dead)` (if any) succeeded; a failure is logged: the next settler tries again."""
+    try:
+        if report:
+            report(dead)
+        return True
+    except Exception as error:
+        log.warning("%s/%s: could not report the dead run %s (%s: %s); trying again next time", dead["municipality"],
+                    dead["document_type"], dead["run_id"], type(error).__name__, error)
+        return False
 
 
 def _clock(conn: sa.Connection) -> dt.datetime:

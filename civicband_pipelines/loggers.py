@@ -11,7 +11,7 @@ import sys
 import dagster as dg
 
 # Dagster's wrappers around the error a step raised: the reason is the first error they wrap.
-_WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
+_WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError", "DagsterResourceFunctionError")
 
 
 @dg.logger(
@@ -28,12 +28,17 @@ def terminal_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
 
 
 def _for_people(record: logging.LogRecord) -> bool:
-    """Messages the run's code logged, and Dagster's events that need attention (a failure, a skipped
-    step); not the run failure, which repeats its step's."""
+    """Messages the run's code logged, and Dagster's events at WARNING and above (a failed step, a
+    step not run because of it), except a run failure that only repeats its failed step."""
     event = _meta(record).get("dagster_event")
     if event is None:
         return True
-    return record.levelno >= logging.WARNING and event.event_type != dg.DagsterEventType.RUN_FAILURE
+    return record.levelno >= logging.WARNING and not _repeats_a_step_failure(event)
+
+
+def _repeats_a_step_failure(event) -> bool:
+    reason = getattr(event.event_specific_data, "failure_reason", None)
+    return event.event_type == dg.DagsterEventType.RUN_FAILURE and getattr(reason, "value", None) == "STEP_FAILURE"
 
 
 class _Terse(logging.Formatter):
@@ -42,7 +47,8 @@ class _Terse(logging.Formatter):
         message = meta.get("orig_message", record.getMessage())
         reason = _reason(meta.get("dagster_event"))
         if reason:
-            message = f"{message.splitlines()[0].rstrip('.')}: {reason} (traceback in the logs of run {meta['run_id']})"
+            first_line = (message.splitlines() or [""])[0].rstrip(".")
+            message = f"{first_line}: {reason} (traceback in the logs of run {meta.get('run_id')})"
         level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
         return f"{self.formatTime(record, '%H:%M:%S')} {level}{message}"
 
@@ -52,8 +58,12 @@ def _meta(record: logging.LogRecord) -> dict:
 
 
 def _reason(event) -> str | None:
-    """'module.Error: message' of the error the failed code raised, beneath Dagster's wrappers."""
+    """'module.Error: message' of the error the failed code raised, beneath Dagster's wrappers (for a
+    dg.Failure, its description)."""
     error = getattr(getattr(event, "event_specific_data", None), "error", None)
     while error is not None and error.cls_name in _WRAPPERS and error.cause is not None:
         error = error.cause
-    return error.message.strip() if error is not None else None
+    if error is None:
+        return None
+    text = error.message.strip()
+    return text.split(": ", 1)[-1] if error.cls_name == "Failure" else text

@@ -236,6 +236,40 @@ def test_the_heartbeat_reports_a_lost_lease_in_the_syncs_own_log(store):
     assert [r.getMessage() for r in records] == ["oakland.ca: another sync took over this sync's lease; its next write stops it"]
 
 
+def test_the_heartbeat_outlives_failed_beats_while_the_syncs_own_log_fails_too(store, caplog):
+    # Dagster's run log writes to the instance's database, often on the same server as the store's:
+    # both can fail at once. A log line that raises must not end the heartbeat.
+    class Down(logging.Handler):
+        def emit(self, record):
+            raise OSError("the run's event log is down")
+
+    run_log = logging.Logger("run")
+    run_log.addHandler(Down())
+    with caplog.at_level(logging.WARNING, "civicband_pipelines.leases"):
+        with MunicipalityLease(store, "oakland.ca", OWNER, stale_after=0.4, log=run_log):
+            with store.writer.begin() as conn:
+                refuse_lease_updates(conn, True)
+            wait_until(lambda: "lease heartbeat failed" in caplog.text, what="a failed beat, logged here instead")
+            with store.writer.begin() as conn:
+                refuse_lease_updates(conn, False)
+            beat = store.lease("oakland.ca")["heartbeat_at"]
+            wait_until(lambda: store.lease("oakland.ca")["heartbeat_at"] != beat, what="the heartbeat to beat again")
+
+
+def refuse_lease_updates(conn: sa.Connection, refuse: bool) -> None:
+    """A trigger failing every update of sync_leases: the database refusing the heartbeat's writes."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE UPDATE ON sync_leases BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                             if refuse else "DROP TRIGGER refuse")
+    elif refuse:
+        conn.exec_driver_sql("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ "
+                             "LANGUAGE plpgsql")
+        conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE UPDATE ON sync_leases FOR EACH ROW EXECUTE FUNCTION refuse()")
+    else:
+        conn.exec_driver_sql("DROP TRIGGER refuse ON sync_leases")
+        conn.exec_driver_sql("DROP FUNCTION refuse()")
+
+
 def test_postgresql_fences_off_a_sync_that_lost_its_advisory_lock_even_mid_write(postgres_store):
     """The lock's session can die while its sync goes on (idle_session_timeout, a dropped connection);
     then another sync may take over. A batch being written holds the lease row until it commits, so the

@@ -3,7 +3,6 @@
 import datetime as dt
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
 from civicband_pipelines.leases import waiting_syncs
@@ -21,33 +20,29 @@ def status(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRunStatus:
     return instance.get_run_by_id(run_id).status
 
 
-def test_a_report_that_fails_loses_no_dead_run(store, monkeypatch):
+def test_a_report_that_fails_loses_no_dead_run_and_stops_no_other(store, monkeypatch, caplog):
     instance = dg.DagsterInstance.ephemeral()
-    # A sync whose process died (its job running, no lease) and one that died waiting (a stale wait).
-    for run_id in ("dead-sync", "dead-wait"):
+    # Syncs whose processes died (their jobs running, no lease), and one that died waiting (a stale wait).
+    for run_id in ("dead-sync", "dead-sync-2", "dead-wait"):
         started_run(instance, run_id)
     store.start_sync("oakland.ca", "agenda", restart=False, run_id="dead-sync")
+    store.start_sync("berkeley.ca", "agenda", restart=False, run_id="dead-sync-2")
     with store.writer.begin() as conn:
         conn.execute(sync_waits.insert().values(holder="h", municipality="alameda.ca", document_type="minutes",
                                                 run_id="dead-wait", host="x", pid=1, heartbeat_at=LONG_AGO))
 
-    reports = FailingOnce(instance, ["dead-sync"])
-    monkeypatch.setattr(instance, "report_run_failed", reports)
-    with pytest.raises(sa.exc.OperationalError):
-        settle_dead_runs(instance, store)
+    monkeypatch.setattr(instance, "report_run_failed", FailingOnce(instance, ["dead-sync", "dead-wait"]))
+    (settled,) = settle_dead_runs(instance, store)
+    assert settled["run_id"] == "dead-sync-2" and status(instance, "dead-sync-2") == dg.DagsterRunStatus.FAILURE
+    assert "could not report the dead run dead-sync (OperationalError" in caplog.text
     assert store.job("oakland.ca", "agenda")["status"] == "running", "not settled, since its run was not reported"
-    assert status(instance, "dead-sync") == dg.DagsterRunStatus.STARTED
-
-    reports.runs = {"dead-wait"}
-    with pytest.raises(sa.exc.OperationalError):
-        settle_dead_runs(instance, store)
-    assert store.job("oakland.ca", "agenda")["status"] == "failed"
-    assert status(instance, "dead-sync") == dg.DagsterRunStatus.FAILURE
     assert [w["run_id"] for w in waiting_syncs(store)] == ["dead-wait"], "the wait is put back"
-    assert status(instance, "dead-wait") == dg.DagsterRunStatus.STARTED
+    assert status(instance, "dead-sync") == status(instance, "dead-wait") == dg.DagsterRunStatus.STARTED
 
-    assert settle_dead_runs(instance, store) == []  # the job was settled last time
-    assert status(instance, "dead-wait") == dg.DagsterRunStatus.FAILURE and waiting_syncs(store) == []
+    (settled,) = settle_dead_runs(instance, store)  # the database is back
+    assert settled["run_id"] == "dead-sync" and store.job("oakland.ca", "agenda")["status"] == "failed"
+    assert status(instance, "dead-sync") == status(instance, "dead-wait") == dg.DagsterRunStatus.FAILURE
+    assert waiting_syncs(store) == []
 
 
 class FailingOnce:

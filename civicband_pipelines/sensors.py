@@ -82,11 +82,19 @@ def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[
     """Report the runs of dead syncs failed (assets.report_dead_run), so that Dagster's run retries
     resume them: syncs that died without a word (leases.settle_dead_syncs) and syncs that died waiting
     for a busy municipality (leases.settle_dead_waits). A report that fails (the instance's database
-    away) leaves its sync to be found again next time. Returns the settled jobs (not the waits)."""
+    away) leaves its sync to be found again next time, unless the run shows failed all the same.
+    Returns the settled jobs (not the waits)."""
 
     def report(dead: dict) -> None:
-        if dead["run_id"]:
+        if not dead["run_id"]:
+            return
+        try:
             report_dead_run(instance, dead["run_id"], partition_key(dead["municipality"], dead["document_type"]))
+        except Exception:
+            # A report can fail after it landed: then it counts (a wait put back would let its sync go on).
+            run = instance.get_run_by_id(dead["run_id"])
+            if run is None or run.status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+                raise
 
     settled = settle_dead_syncs(store, report=report)
     settle_dead_waits(store, report=report)

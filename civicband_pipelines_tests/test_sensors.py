@@ -45,14 +45,29 @@ def test_a_report_that_fails_loses_no_dead_run_and_stops_no_other(store, monkeyp
     assert waiting_syncs(store) == []
 
 
-class FailingOnce:
-    """instance.report_run_failed, with the instance's database away for the next report of each run in `runs`."""
+def test_a_report_that_failed_after_it_landed_counts(store, monkeypatch):
+    instance = dg.DagsterInstance.ephemeral()
+    started_run(instance, "dead-wait")
+    with store.writer.begin() as conn:
+        conn.execute(sync_waits.insert().values(holder="h", municipality="alameda.ca", document_type="minutes",
+                                                run_id="dead-wait", host="x", pid=1, heartbeat_at=LONG_AGO))
+    monkeypatch.setattr(instance, "report_run_failed", FailingOnce(instance, ["dead-wait"], after_landing=True))
+    settle_dead_runs(instance, store)
+    assert status(instance, "dead-wait") == dg.DagsterRunStatus.FAILURE
+    assert waiting_syncs(store) == [], "not put back: its sync, should it live, must find its wait gone and stop"
 
-    def __init__(self, instance: dg.DagsterInstance, runs: list[str]):
-        self.report, self.runs = instance.report_run_failed, set(runs)
+
+class FailingOnce:
+    """instance.report_run_failed with the instance's database away for the next report of each run in
+    `runs`: before the report (or, `after_landing`, once it was stored)."""
+
+    def __init__(self, instance: dg.DagsterInstance, runs: list[str], after_landing: bool = False):
+        self.report, self.runs, self.after_landing = instance.report_run_failed, set(runs), after_landing
 
     def __call__(self, run: dg.DagsterRun, message: str | None = None):
-        if run.run_id in self.runs:
-            self.runs.discard(run.run_id)
-            raise sa.exc.OperationalError("report_run_failed", {}, Exception("the instance's database is down"))
-        return self.report(run, message)
+        if run.run_id not in self.runs:
+            return self.report(run, message)
+        self.runs.discard(run.run_id)
+        if self.after_landing:
+            self.report(run, message)
+        raise sa.exc.OperationalError("report_run_failed", {}, Exception("the instance's database is down"))

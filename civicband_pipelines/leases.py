@@ -7,6 +7,7 @@ server drops the moment the holder dies. On SQLite a lease whose heartbeat is ol
 `stale_after` belonged to a dead process and is taken over.
 """
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -119,7 +120,8 @@ class MunicipalityLease:
         try:
             self.log.log(level, message, *args)
         except Exception:
-            log.log(level, message, *args)
+            with contextlib.suppress(Exception):
+                log.log(level, message, *args)
 
     # -- the wait row ------------------------------------------------------------------------------
 
@@ -268,8 +270,8 @@ def settle_dead_syncs(store: MeetingStore, stale_after: float | None = None, rep
     running = store.running_jobs()
     live = {m for m in {job["municipality"] for job in running} if active_lease(store, m, stale_after) is not None}
     settled = []
-    for job in (job for job in running if job["municipality"] not in live):
-        if _reported(report, job):
+    for job in running:
+        if job["municipality"] not in live and _reported(report, job):
             settled += store.fail_jobs_as_read(
                 [job], error="the sync stopped without reporting (process killed?); the next run resumes at its cursor",
             )
@@ -298,16 +300,30 @@ def settle_dead_waits(store: MeetingStore, stale_after: float | None = None, rep
                 sync_waits.c.holder == wait["holder"], sync_waits.c.heartbeat_at == wait["heartbeat_at"]))
         if not settled.rowcount:
             continue
-        if _reported(report, wait):
+        try:
+            reported = _reported(report, wait)
+        except BaseException:  # Ctrl-C, shutdown: not reported either
+            _put_back(store, wait)
+            raise
+        if reported:
             dead.append(wait)
-            continue
-        try:  # (a wait that stopped meanwhile, on finding its row gone, leaves the row unused)
-            with store.writer.begin() as conn:
-                conn.execute(sync_waits.insert().values(**wait))
-        except sa.exc.SQLAlchemyError as error:
-            log.warning("%s: could not put back the wait of run %s (%s: %s): it will not be reported again",
-                        wait["municipality"], wait["run_id"], type(error).__name__, error)
+        else:
+            _put_back(store, wait)
     return dead
+
+
+def _put_back(store: MeetingStore, wait: dict) -> None:
+    """Restore a removed wait whose run was not reported, for the next settler. A row left unused (its
+    sync stopped meanwhile, on finding the row gone) is harmless: reporting a run that already shows
+    failed is a no-op, and the row goes."""
+    try:
+        with store.writer.begin() as conn:
+            conn.execute(sync_waits.insert().values(**wait))
+    except sa.exc.IntegrityError:
+        pass  # the waiter recorded itself again meanwhile: the row is there
+    except sa.exc.SQLAlchemyError as error:
+        log.warning("%s: could not put back the wait of run %s (%s: %s): it will not be reported again",
+                    wait["municipality"], wait["run_id"], type(error).__name__, error)
 
 
 def _reported(report, dead: dict) -> bool:

@@ -29,16 +29,22 @@ def terminal_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
 
 def _for_people(record: logging.LogRecord) -> bool:
     """Messages the run's code logged, and Dagster's events at WARNING and above (a failed step, a
-    step not run because of it), except a run failure that only repeats its failed step."""
+    step not run because of it), except a run failure that repeats an earlier line."""
     event = _meta(record).get("dagster_event")
     if event is None:
         return True
-    return record.levelno >= logging.WARNING and not _repeats_a_step_failure(event)
+    return record.levelno >= logging.WARNING and not _repeats_an_earlier_line(event)
 
 
-def _repeats_a_step_failure(event) -> bool:
-    reason = getattr(event.event_specific_data, "failure_reason", None)
-    return event.event_type == dg.DagsterEventType.RUN_FAILURE and getattr(reason, "value", None) == "STEP_FAILURE"
+def _repeats_an_earlier_line(event) -> bool:
+    """A run failure repeats the line of its failed step, or of its resources' failed initialization.
+    (Loggers are set up several times a run, so this can't remember what it printed.)"""
+    if event.event_type != dg.DagsterEventType.RUN_FAILURE:
+        return False
+    data = event.event_specific_data
+    reason = getattr(getattr(data, "failure_reason", None), "value", None)  # RunFailureReason isn't public
+    error = getattr(data, "error", None)
+    return reason == "STEP_FAILURE" or (error is not None and error.cls_name == "DagsterResourceFunctionError")
 
 
 class _Terse(logging.Formatter):
@@ -66,4 +72,7 @@ def _reason(event) -> str | None:
     if error is None:
         return None
     text = error.message.strip()
-    return text.split(": ", 1)[-1] if error.cls_name == "Failure" else text
+    if error.cls_name == "Failure":
+        description = text.split(": ", 1)[-1]
+        return description if description not in ("", "None") else "Failure"
+    return text

@@ -90,9 +90,12 @@ def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[
             return
         try:
             report_dead_run(instance, dead["run_id"], partition_key(dead["municipality"], dead["document_type"]))
-        except Exception:
+        except Exception as error:
             # A report can fail after it landed: then it counts (a wait put back would let its sync go on).
-            run = instance.get_run_by_id(dead["run_id"])
+            try:
+                run = instance.get_run_by_id(dead["run_id"])
+            except Exception:
+                raise error from None  # the report's error says what went wrong
             if run is None or run.status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
                 raise
 

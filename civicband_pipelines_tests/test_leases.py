@@ -184,6 +184,20 @@ def test_a_wait_beats_often_enough_for_a_stale_after_below_the_poll_interval(pos
     assert outcome == {"held": True}
 
 
+def test_a_wait_whose_report_is_interrupted_is_put_back(store):
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    with store.writer.begin() as conn:
+        conn.execute(sync_waits.insert().values(holder="h", municipality="alameda.ca", document_type="minutes",
+                                                run_id="dead-wait", host="x", pid=1, heartbeat_at=old))
+
+    def interrupted(_wait):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        settle_dead_waits(store, report=interrupted)
+    assert [w["run_id"] for w in waiting_syncs(store)] == ["dead-wait"]
+
+
 def test_running_jobs_without_a_live_lease_are_settled_as_failed(store):
     start = store.start_sync("oakland.ca", "agenda", restart=False, run_id="r1")
     assert start.generation == 1

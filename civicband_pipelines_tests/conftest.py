@@ -1,6 +1,7 @@
 """Shared fixtures: a real Datasette replica (with its fault proxy) and real stores (SQLite, PostgreSQL)."""
 
 import contextlib
+import datetime as dt
 import itertools
 import os
 import threading
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from civicband_pipelines.client import CivicBandClient
 from civicband_pipelines.config import ClientSettings
 from civicband_pipelines.replica.generate import build_municipality
+from civicband_pipelines.schema import sync_waits
 from civicband_pipelines.store import MeetingStore
 
 from .dagster_stack import running_stack
@@ -48,6 +50,13 @@ def _transparent_proxy(request):
 def municipality(replica, replica_root):
     """A municipality of its own for this test (tests mutate upstream): ~300 pages per type + odd rows."""
     return make_municipality(replica_root, documents=40, pages=(3, 12), odd_rows=True)
+
+
+def record_dead_wait(store: MeetingStore, run_id: str) -> None:
+    """A wait for alameda.ca/minutes whose process died long ago: its heartbeat is years stale."""
+    with store.writer.begin() as conn:
+        conn.execute(sync_waits.insert().values(holder="h", municipality="alameda.ca", document_type="minutes", run_id=run_id,
+                                                host="x", pid=1, heartbeat_at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)))
 
 
 def wait_until(condition, timeout: float = 60.0, what: str = "condition"):

@@ -23,7 +23,7 @@ from civicband_pipelines.leases import (
 from civicband_pipelines.schema import sync_leases, sync_waits
 from civicband_pipelines.store import LeaseLost
 
-from .conftest import commit_held, wait_for_a_lock_wait, wait_until
+from .conftest import commit_held, record_dead_wait, wait_for_a_lock_wait, wait_until
 
 OWNER = SyncOwner("agenda", "incremental", "webhook", "run-1")
 
@@ -185,10 +185,7 @@ def test_a_wait_beats_often_enough_for_a_stale_after_below_the_poll_interval(pos
 
 
 def test_a_wait_whose_report_is_interrupted_is_put_back(store):
-    old = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
-    with store.writer.begin() as conn:
-        conn.execute(sync_waits.insert().values(holder="h", municipality="alameda.ca", document_type="minutes",
-                                                run_id="dead-wait", host="x", pid=1, heartbeat_at=old))
+    record_dead_wait(store, "dead-wait")
 
     def interrupted(_wait):
         raise KeyboardInterrupt

@@ -1,15 +1,12 @@
 """sensors.settle_dead_runs against a real (ephemeral) Dagster instance and the store."""
 
-import datetime as dt
-
 import dagster as dg
 import sqlalchemy as sa
 
 from civicband_pipelines.leases import waiting_syncs
-from civicband_pipelines.schema import sync_waits
 from civicband_pipelines.sensors import settle_dead_runs
 
-LONG_AGO = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+from .conftest import record_dead_wait
 
 
 def started_run(instance: dg.DagsterInstance, run_id: str) -> None:
@@ -27,9 +24,7 @@ def test_a_report_that_fails_loses_no_dead_run_and_stops_no_other(store, monkeyp
         started_run(instance, run_id)
     store.start_sync("oakland.ca", "agenda", restart=False, run_id="dead-sync")
     store.start_sync("berkeley.ca", "agenda", restart=False, run_id="dead-sync-2")
-    with store.writer.begin() as conn:
-        conn.execute(sync_waits.insert().values(holder="h", municipality="alameda.ca", document_type="minutes",
-                                                run_id="dead-wait", host="x", pid=1, heartbeat_at=LONG_AGO))
+    record_dead_wait(store, "dead-wait")
 
     monkeypatch.setattr(instance, "report_run_failed", FailingOnce(instance, ["dead-sync", "dead-wait"]))
     (settled,) = settle_dead_runs(instance, store)
@@ -48,9 +43,7 @@ def test_a_report_that_fails_loses_no_dead_run_and_stops_no_other(store, monkeyp
 def test_a_report_that_failed_after_it_landed_counts(store, monkeypatch):
     instance = dg.DagsterInstance.ephemeral()
     started_run(instance, "dead-wait")
-    with store.writer.begin() as conn:
-        conn.execute(sync_waits.insert().values(holder="h", municipality="alameda.ca", document_type="minutes",
-                                                run_id="dead-wait", host="x", pid=1, heartbeat_at=LONG_AGO))
+    record_dead_wait(store, "dead-wait")
     monkeypatch.setattr(instance, "report_run_failed", FailingOnce(instance, ["dead-wait"], after_landing=True))
     settle_dead_runs(instance, store)
     assert status(instance, "dead-wait") == dg.DagsterRunStatus.FAILURE

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import dagster as dg
 import httpx
 
+from .checks import matches_upstream
 from .client import CivicBandClient, TransientError, UpstreamError
 from .config import civicband_home, database_url_from_env
 from .leases import WAIT_FOREVER, active_lease, refusal
@@ -21,6 +22,7 @@ from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 # `running` too: a sync killed before anyone settled it. While its lease is live (it may be alive, or
 # just killed) the municipality is busy: refused, or waited for with --wait.
 RESUMABLE = ("failed", "paused", "running")
+DEEP_HELP = "compare every id, not only the counts (a request per 1000 upstream rows; finds changed pages too)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,12 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed, was paused or died")
     mode.add_argument("--restart", action="store_true", help="ignore saved cursors and start new full syncs")
     mode.add_argument("--verify-only", action="store_true", help="fetch nothing; verify as `civicband verify` does")
+    backfill.add_argument("--deep", action="store_true", help=f"with --verify-only: {DEEP_HELP}")
     backfill.add_argument("--wait", action="store_true", help="wait for a busy municipality instead of refusing")
     backfill.set_defaults(handler=_backfill)
 
     verify = commands.add_parser("verify", help="compare partitions with upstream exactly; exit 1 on a mismatch")
     verify.add_argument("--subdomain", required=True, help="a municipality such as oakland.ca, or 'all'")
     verify.add_argument("--document-type", choices=DOCUMENT_TYPES, help="default: both")
+    verify.add_argument("--deep", action="store_true", help=DEEP_HELP)
     verify.set_defaults(handler=_verify)
 
     status = commands.add_parser("status", help="print the job table")
@@ -94,6 +98,9 @@ def _tcp_port(text: str) -> int:
 def _backfill(args: argparse.Namespace) -> int:
     if args.verify_only:
         return _verify(args)
+    if args.deep:
+        print("error: --deep goes with --verify-only", file=sys.stderr)
+        return 2
     if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH_SIZE:
         print(f"error: --batch-size must be between 1 and {MAX_BATCH_SIZE}", file=sys.stderr)
         return 2
@@ -169,8 +176,9 @@ def _verify(args: argparse.Namespace) -> int:
     instance = dagster_instance()
     partitions = _partitions(instance, args)
     failures = 0
+    run_config = {"ops": {matches_upstream.op.name: {"config": {"compare_ids": args.deep}}}}
     for partition in partitions:
-        evaluation = _evaluation(_run(instance, "verify_job", partition, {}))
+        evaluation = _evaluation(_run(instance, "verify_job", partition, run_config))
         failures += not (evaluation and evaluation.passed)
         print(_verification_line(partition, evaluation))
     print(f"{len(partitions) - failures} of {len(partitions)} partitions match upstream exactly")

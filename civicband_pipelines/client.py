@@ -1,6 +1,8 @@
 """HTTP client for civic.band's Datasette API: keyset pages, exact counts, retries with backoff."""
 
 import bisect
+import datetime as dt
+import email.utils
 import json
 import logging
 import secrets
@@ -22,7 +24,8 @@ ID_SPACE = 16**12  # civic.band's ids: the first 12 hex digits of a sha256, so e
 
 
 class UpstreamError(Exception):
-    """civic.band refused the request for good (a 4xx other than 402/429): retrying won't help."""
+    """civic.band refused the request for good (a 4xx other than 402/429), or answered what paging cannot
+    go on from: retrying won't help."""
 
 
 class UnknownMunicipality(UpstreamError):
@@ -101,6 +104,12 @@ class CivicBandClient:
         rows, next_cursor = body.get("rows"), body.get("next")
         if not isinstance(rows, list) or not (next_cursor is None or isinstance(next_cursor, str)):
             raise TransientError("malformed page: 'rows' is not a list or 'next' is not a string")
+        if _ends_where_paging_cannot_go_on(rows, size, next_cursor):
+            raise UpstreamError(
+                f"{subdomain}/{document_type}: a page of {len(rows)} rows ends in a row without an id, and paging cannot "
+                "go on from it (Datasette's next would skip rows or end early); rows without an id must fit in one page "
+                f"with a row after them: use a larger batch size (up to {MAX_PAGE_SIZE}) or the service secret"
+            )
         if next_cursor is None and range_end is not None:
             next_cursor = range_end  # hex, so its own tilde encoding: the next range begins after it
         return Page(rows=rows, next_cursor=next_cursor)
@@ -172,6 +181,13 @@ class CivicBandClient:
         return body
 
 
+def _ends_where_paging_cannot_go_on(rows: list, size: int, next_cursor: str | None) -> bool:
+    """Datasette pages on after the last row's id. After a NULL one its next is "None" (`id > 'None'`
+    skips every id starting with a digit); after an empty one there is none, so a full page looks last."""
+    last_id = rows[-1].get("id") if rows and isinstance(rows[-1], dict) else "-"
+    return (last_id is None and next_cursor is not None) or (last_id == "" and next_cursor is None and len(rows) == size)
+
+
 def _id_range_end(cursor: str | None, id_ranges: int) -> str | None:
     """The end (inclusive) of the id range that the ids after `cursor` begin in; None for the last range.
 
@@ -205,8 +221,8 @@ def _raise_for_status(subdomain: str, url: str, response: httpx.Response) -> Non
         raise TransientError("HTTP 429 Too Many Requests", _retry_after(response))
     if status == 402:
         raise RateLimited("HTTP 402 rate limit exceeded (set CIVICBAND_SERVICE_SECRET to lift it)", _retry_after(response))
-    if status >= 500:
-        raise TransientError(f"HTTP {status} from {url}{_error_detail(response)}")
+    if status >= 500:  # a 503 may say when to come back
+        raise TransientError(f"HTTP {status} from {url}{_error_detail(response)}", _retry_after(response))
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -232,10 +248,19 @@ def _parse_json(content: bytes, status: int, url: httpx.URL) -> dict:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds: a number, or an HTTP date (RFC 9110 allows both)."""
+    value = response.headers.get("retry-after", "").strip()
     try:
-        return max(0.0, float(response.headers["retry-after"]))
-    except (KeyError, ValueError):
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # absent, or neither form
         return None
+    if when.tzinfo is None:  # "-0000": UTC by the RFC
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -71,7 +71,11 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
         request = _followup(job)
         # Not while a run of the partition is unfinished: it may be the follow-up itself, whose check
         # has not run yet (a repair counted twice would shorten the repair budget).
-        if request and not _has_pending_run(context.instance, job["municipality"], job["document_type"], _UNFINISHED):
+        if (
+            request
+            and not _has_pending_run(context.instance, job["municipality"], job["document_type"], _UNFINISHED)
+            and not _run_key_used(context.instance, request.run_key)
+        ):
             if request.tags[TRIGGER_TAG] == "repair":
                 store.count_repair(job["municipality"], job["document_type"])
             requests.append(request)
@@ -132,6 +136,12 @@ def _has_pending_run(instance: dg.DagsterInstance, municipality: str, document_t
     """A sync of the partition waits to start (or, with _UNFINISHED, has not finished)."""
     runs_filter = dg.RunsFilter(tags=partition_tags(municipality, document_type), statuses=statuses)
     return any(_syncs(record.dagster_run) for record in instance.get_run_records(filters=runs_filter))
+
+
+def _run_key_used(instance: dg.DagsterInstance, run_key: str) -> bool:
+    """A run of this key exists, so the daemon would drop the request: e.g. a repair whose check could not
+    run (upstream down) left verified_at as it was. Counted again, it would use up the repair budget."""
+    return bool(instance.get_run_records(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1))
 
 
 def _syncs(run: dg.DagsterRun) -> bool:

@@ -152,6 +152,9 @@ class MeetingStore:
         An incremental sync of a partition that never completed a full sync becomes a full sync.
         """
         with self.writer.begin() as conn:
+            # A sync that froze between taking its lease and here may have been taken over meanwhile:
+            # it must not start a generation or claim the job under the sync that goes on.
+            _check_lease(conn, municipality, document_type, holder)
             job = self._job_row(conn, municipality, document_type)
             if job is None:
                 self._insert_job(conn, municipality, document_type)
@@ -191,11 +194,7 @@ class MeetingStore:
         rejections = rejections + duplicates if duplicates else rejections
         partition = {"municipality": municipality, "document_type": document_type, "sync_generation": sync.generation}
         with self.writer.begin() as conn:
-            if not _holds_lease(conn, municipality, sync):
-                raise LeaseLost(
-                    f"{municipality}/{document_type}: another sync took over the municipality's lease (this one "
-                    "stopped heartbeating: suspended, or stalled?); stopping without writing, the other sync goes on"
-                )
+            _check_lease(conn, municipality, document_type, sync.holder)
             created = updated = unchanged = 0
             if records:
                 created, updated, unchanged = self._write_pages(conn, municipality, document_type, sync, records)
@@ -234,7 +233,7 @@ class MeetingStore:
         A sync that lost its lease leaves the job to the sync that took over.
         """
         with self.writer.begin() as conn:
-            if not _holds_lease(conn, municipality, sync):
+            if not _holds_lease(conn, municipality, sync.holder):
                 return
             conn.execute(
                 _job_update(municipality, document_type)
@@ -448,14 +447,22 @@ def _job_update(municipality: str, document_type: str):
     return _partition_update(backfill_jobs, municipality, document_type)
 
 
-def _holds_lease(conn: sa.Connection, municipality: str, sync: SyncStart) -> bool:
-    """The sync still holds its municipality's lease, read in the writer's transaction so that a
+def _holds_lease(conn: sa.Connection, municipality: str, holder: str | None) -> bool:
+    """`holder` still holds the municipality's lease, read in the writer's transaction so that a
     takeover (leases.py replaces the row) cannot slip in before it commits: SQLite has one writer at a
     time, and on PostgreSQL the row stays share-locked (FOR SHARE) until commit."""
-    if sync.holder is None:  # a caller without a lease (tests of the store itself)
+    if holder is None:  # a caller without a lease (tests of the store itself)
         return True
     query = sa.select(sync_leases.c.holder).where(sync_leases.c.municipality == municipality)
-    return conn.execute(query.with_for_update(read=True)).scalar() == sync.holder
+    return conn.execute(query.with_for_update(read=True)).scalar() == holder
+
+
+def _check_lease(conn: sa.Connection, municipality: str, document_type: str, holder: str | None) -> None:
+    if not _holds_lease(conn, municipality, holder):
+        raise LeaseLost(
+            f"{municipality}/{document_type}: another sync took over the municipality's lease (this one "
+            "stopped heartbeating: suspended, or stalled?); stopping without writing, the other sync goes on"
+        )
 
 
 def _fresh_sync_values(start: SyncStart) -> dict:

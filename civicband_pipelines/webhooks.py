@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SECRET_ENV = "CIVICBAND_WEBHOOK_SECRET"
 KNOWN_FIELDS = ("name", "state", "country", "kind", "pages", "last_updated", "latitude", "longitude", "popup_data")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_NESTING = 32  # arrays/objects deep in popup_data or an extra field: civic.band sends a flat object
 _MAX_BIGINT = 2**63 - 1  # pages is BIGINT: larger values would fail in the store, forever retried
 
 
@@ -148,11 +149,35 @@ def _validate(data: dict) -> dict:
         raise Rejected(400, "popup_data must be an object or null", "popup_data")
     fields = {k: data[k] for k in KNOWN_FIELDS if k in data}
     if "popup_data" in fields and fields["popup_data"] is not None:
-        fields["popup_data"] = json.dumps(fields["popup_data"])  # the column is text
+        fields["popup_data"] = _strict_json("popup_data", fields["popup_data"])  # the column is text
     # Extras only reach the event payload: the store writes only municipality columns, and extras
     # named like a column (subdomain, created_at, ...) are dropped so they cannot overwrite one.
     extras = {k: v for k, v in data.items() if k not in KNOWN_FIELDS and k not in municipalities.c}
+    for field, value in extras.items():
+        _strict_json(field, value)
     return fields | extras
+
+
+def _strict_json(field: str, value) -> str:
+    """`value` as JSON text that the reply and later webhooks can encode again: json.loads accepts
+    what no strict encoder does (1e400 is read as inf, lone surrogates, any depth), and such a value,
+    once stored, would fail every later reply for its municipality."""
+    if _nesting(value) > MAX_NESTING:
+        raise Rejected(400, f"{field} is nested deeper than {MAX_NESTING} levels", field)
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except ValueError:  # UnicodeEncodeError is one
+        raise Rejected(400, f"{field} holds a number out of range or a lone surrogate", field) from None
+    return json.dumps(value)
+
+
+def _nesting(value) -> int:
+    """How many arrays and objects deep `value` goes (0 for a scalar), without recursing."""
+    depth, level = 0, [value]
+    while containers := [node for node in level if isinstance(node, (dict, list))]:
+        depth += 1
+        level = [child for node in containers for child in (node.values() if isinstance(node, dict) else node)]
+    return depth
 
 
 def _is_text(value) -> bool:

@@ -12,9 +12,10 @@ import pytest
 
 from civicband_pipelines.leases import MunicipalityLease, SyncOwner, active_lease
 from civicband_pipelines.partitions import partition_key
+from civicband_pipelines.replica.generate import reocr_pages
 
 from .conftest import make_municipality, wait_until
-from .upstream import assert_equals_upstream, upstream_rows
+from .upstream import assert_equals_upstream, replica_db, upstream_rows
 
 
 @pytest.fixture
@@ -230,6 +231,21 @@ def test_verify_reports_missing_pages_and_exit_code(cli_env, store, replica_root
     verify = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--verify-only")
     assert verify.returncode == 1
     assert "MISMATCH" in verify.stdout and "missing 3" in verify.stdout
+
+
+def test_verify_deep_compares_ids_and_finds_a_changed_page_the_counts_miss(cli_env, store, replica_root, municipality):
+    assert civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda").returncode == 0
+    (document,) = reocr_pages(replica_db(replica_root, municipality), "agenda", 1, seed=3).documents  # same count
+    partition = [f"--subdomain={municipality}", "--document-type=agenda"]
+    counts = civicband(cli_env, "verify", *partition)
+    assert counts.returncode == 0 and "OK" in counts.stdout, counts.stdout + counts.stderr
+    for deep in (["verify", *partition, "--deep"], ["backfill", *partition, "--verify-only", "--deep"]):
+        result = civicband(cli_env, *deep)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "MISMATCH" in result.stdout and "missing 1, extra 1" in result.stdout
+        assert f"stale:\n    - {document[0]} {document[1]} (1 missing, 1 extra)" in result.stdout
+    refused = civicband(cli_env, "backfill", *partition, "--deep")
+    assert refused.returncode == 2 and "--deep goes with --verify-only" in refused.stderr
 
 
 def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true(cli_env, store, replica, municipality, replica_root):

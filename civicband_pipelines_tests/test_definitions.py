@@ -156,6 +156,24 @@ def test_followup_sensor_repairs_a_failing_partition_a_bounded_number_of_times(i
     assert json.dumps(store.job("oakland.ca", "agenda")["repair_attempts"]) == str(MAX_REPAIRS)
 
 
+def test_a_repair_whose_run_ended_without_a_new_verification_is_not_counted_again(instance, store, store_url):
+    start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=None)
+    store.write_batch("oakland.ca", "agenda", start, [], [], None)
+    store.record_verification("oakland.ca", "agenda", 10, 9, False, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    context = lambda: dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})  # noqa: E731
+    (repair,) = sync_followup_sensor(context()).run_requests
+    # Its run ended without a check result (upstream down while counting): verified_at stays, and so
+    # would the run key, which the daemon drops as used.
+    instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.FAILURE,
+                                   tags=partition_tags("oakland.ca", "agenda") | {"dagster/run_key": repair.run_key}))
+    for _ in range(3):
+        assert not sync_followup_sensor(context()).run_requests
+    assert store.job("oakland.ca", "agenda")["repair_attempts"] == 1
+    store.record_verification("oakland.ca", "agenda", 10, 9, False, dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
+    (again,) = sync_followup_sensor(context()).run_requests  # a new verification failed: the next repair
+    assert again.run_key != repair.run_key and store.job("oakland.ca", "agenda")["repair_attempts"] == 2
+
+
 def test_a_repair_is_counted_once_while_its_run_is_unfinished_and_sensor_runs_wait_for_a_busy_municipality(instance, store, store_url):
     start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=None)
     store.write_batch("oakland.ca", "agenda", start, [], [], None)

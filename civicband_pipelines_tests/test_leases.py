@@ -235,6 +235,22 @@ def test_a_sync_waiting_for_a_busy_municipality_says_so_once(store, caplog):
     assert len(waiting) == 1 and waiting[0].startswith("Backfill already in progress for oakland.ca"), caplog.text
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_sync_taken_over_before_it_started_neither_starts_nor_claims_the_job(store, restart):
+    """Frozen between taking its lease and starting (a laptop asleep): the sync that took over goes on.
+    Else a restart would begin a new generation under it (whose completion removes the pages it wrote),
+    and a resume would report it dead."""
+    first = store.start_sync("oakland.ca", "agenda", restart=False, run_id="first")
+    store.write_batch("oakland.ca", "agenda", first, [], [], "c1")
+    before = store.job("oakland.ca", "agenda")
+    with MunicipalityLease(store, "oakland.ca", OWNER) as frozen:
+        with store.writer.begin() as conn:  # another sync's takeover
+            conn.execute(sa.update(sync_leases).values(holder="another"))
+        with pytest.raises(LeaseLost, match="another sync took over"):
+            store.start_sync("oakland.ca", "agenda", restart=restart, run_id="frozen", holder=frozen.holder)
+    assert store.job("oakland.ca", "agenda") == before
+
+
 def test_the_heartbeat_reports_a_lost_lease_in_the_syncs_own_log(store):
     # The sync's log is the run's log in Dagster (context.log): where an operator reads about the run.
     records: list[logging.LogRecord] = []

@@ -5,7 +5,7 @@ import urllib.parse
 
 import pytest
 
-from civicband_pipelines.client import CivicBandClient
+from civicband_pipelines.client import CivicBandClient, UpstreamError
 from civicband_pipelines.naming import DOCUMENT_TYPES
 from civicband_pipelines.replica.generate import ODD_ROW_REASONS, delete_documents, odd_rows_for, reocr_pages
 from civicband_pipelines.rows import storable_id
@@ -171,6 +171,26 @@ def test_a_fetch_failing_inside_a_batch_commits_the_pages_before_it(client, stor
     resumed = sync_partition(client, store, big, "agenda", batch_size=3000)
     assert (resumed.resumed_from, resumed.fetched) == (job["last_cursor"], 1500)
     assert_equals_upstream(store, replica_root, big, "agenda")
+
+
+def test_rows_without_an_id_that_end_a_page_fail_the_sync_and_remove_nothing(client, store, replica_root):
+    """Datasette pages on after the last row's id: after a NULL one its `next` is "None" (`id > 'None'`
+    skips every id starting with a digit), after an empty one there is none (the page looks last). Both
+    would let a full sync complete without the rows after them, and remove them locally."""
+    import sqlite3
+
+    municipality = make_municipality(replica_root, documents=10, pages=(3, 3), text_chars=100)
+    with sqlite3.connect(replica_db(replica_root, municipality)) as conn:  # ids sort NULL, NULL, "", hex...
+        conn.executemany("INSERT INTO agendas (id, meeting, date, page, text) VALUES (?, 'No Id', '2024-05-01', ?, 'x')",
+                         [(None, 1), (None, 2), ("", 3)])
+    assert sync_partition(client, store, municipality, "agenda").status == "completed"  # they fit in one page
+    synced = store.count_pages(municipality, "agenda")
+    for batch_size in (2, 3):  # the first page ends in a NULL id, then in the empty one
+        with pytest.raises(UpstreamError, match="ends in a row without an id"):
+            sync_partition(client, store, municipality, "agenda", batch_size=batch_size, restart=True)
+        job = store.job(municipality, "agenda")
+        assert job["status"] == "failed" and "larger batch size" in job["last_error"]
+        assert store.count_pages(municipality, "agenda") == synced
 
 
 def test_batch_size_is_bounded(client, store, municipality):

@@ -54,6 +54,11 @@ def http(wh_store):
         yield client
 
 
+def _with_raw(field, raw_json):
+    """OAKLAND with `field` set to JSON text that json.dumps would not write."""
+    return json.dumps({k: v for k, v in OAKLAND.items() if k != field})[:-1] + f', "{field}": {raw_json}}}'
+
+
 def send(http, subdomain="oakland.ca", body=None, method="PUT", headers=AUTH, **kwargs):
     content = kwargs.pop("content", None)
     if content is None:
@@ -153,6 +158,13 @@ def test_auth_is_checked_before_the_body(http, wh_store):
         (json.dumps(OAKLAND | {"last_updated": "20240115"}), "last_updated"),
         (json.dumps(OAKLAND | {"popup_data": [1, 2]}), "popup_data"),
         (json.dumps(OAKLAND | {"popup_data": "{}"}), "popup_data"),
+        # Parsed, but no strict encoder (the reply, the next webhook's) takes them: 1e400 is read as inf.
+        (_with_raw("popup_data", '{"population": 1e400}'), "popup_data"),
+        (_with_raw("popup_data", '{"motto": "\\ud800"}'), "popup_data"),
+        (_with_raw("popup_data", '{"a": ' * 40 + "1" + "}" * 40), "popup_data"),
+        (_with_raw("popup_data", '{"a": ' + "[" * 970 + "]" * 970 + "}"), "popup_data"),
+        (_with_raw("extra", "-1e400"), "extra"),
+        (_with_raw("extra", '["\\udfff"]'), "extra"),
     ],
 )
 def test_bad_bodies_are_400_and_store_nothing(http, wh_store, content, field):

@@ -42,7 +42,8 @@ class FaultPlan:
     kinds: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
     seed: int = 0
     slow_seconds: float = 2.0  # how long a "slow" answer waits before answering normally
-    retry_after: int = 1  # Retry-After of "rate_429"
+    retry_after: int | str = 1  # Retry-After of "rate_429": seconds or an HTTP date
+    retry_after_503: int | str | None = None  # Retry-After of "error_503", if any
     path_contains: str | None = None  # only paths containing this get faults
     max_faults: int | None = None  # stop injecting after this many (None = no limit)
 
@@ -178,12 +179,15 @@ class FaultProxy:
         self.plan_faults += 1
         return self.rng.choice(plan.kinds)
 
+    def _retry_after_503(self) -> list[tuple[str, str]]:
+        return [] if self.plan.retry_after_503 is None else [("retry-after", str(self.plan.retry_after_503))]
+
     async def _answer(self, req: _Request, fault: str | None, writer) -> int | None:
         """Send the answer (or misbehave); returns the status sent, None if none completed."""
         html = [("content-type", "text/html; charset=utf-8")]
         canned = {
             "error_500": (500, html, HTML_500),
-            "error_503": (503, html, HTML_503),
+            "error_503": (503, [*html, *self._retry_after_503()], HTML_503),
             "rate_429": (429, [*html, ("retry-after", str(self.plan.retry_after))], HTML_429),
             "rate_402": (402, [("content-type", "application/json")], BODY_402),
             "invalid_body": (200, [("content-type", "application/json")], HTML_200),

@@ -18,7 +18,8 @@ class MatchesUpstreamConfig(dg.Config):
     compare_ids: bool = pydantic.Field(
         False,
         description="Compare every id with upstream even when the counts match (a request per 1000 upstream "
-        "rows): finds a page whose text changed while its count did not, e.g. re-OCR'd behind a running sync.",
+        "rows, 100 without the service secret): finds a page whose text changed while the count did not, "
+        "e.g. re-OCR'd behind a running sync.",
     )
 
 

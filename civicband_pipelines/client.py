@@ -19,6 +19,7 @@ from .naming import TABLES, validate_subdomain
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000  # Datasette answers 400 above this
+PUBLIC_PAGE_SIZE = 100  # what civic.band gives (silently) to callers without the service secret
 MAX_RETRY_AFTER = 300.0
 ID_SPACE = 16**12  # civic.band's ids: the first 12 hex digits of a sha256, so evenly spread
 
@@ -107,8 +108,9 @@ class CivicBandClient:
         if _ends_where_paging_cannot_go_on(rows, size, next_cursor):
             raise UpstreamError(
                 f"{subdomain}/{document_type}: a page of {len(rows)} rows ends in a row without an id, and paging cannot "
-                "go on from it (Datasette's next would skip rows or end early); rows without an id must fit in one page "
-                f"with a row after them: use a larger batch size (up to {MAX_PAGE_SIZE}) or the service secret"
+                "go on from it (Datasette's next would skip rows or end early): rows without an id must fit in one page "
+                f"with a row after them. Pages hold up to {MAX_PAGE_SIZE} rows ({PUBLIC_PAGE_SIZE} without "
+                "CIVICBAND_SERVICE_SECRET); a sync asks for pages of its batch size, up to that"
             )
         if next_cursor is None and range_end is not None:
             next_cursor = range_end  # hex, so its own tilde encoding: the next range begins after it
@@ -183,9 +185,11 @@ class CivicBandClient:
 
 def _ends_where_paging_cannot_go_on(rows: list, size: int, next_cursor: str | None) -> bool:
     """Datasette pages on after the last row's id. After a NULL one its next is "None" (`id > 'None'`
-    skips every id starting with a digit); after an empty one there is none, so a full page looks last."""
+    skips every id starting with a digit); after an empty one there is none, so a full page looks last
+    (full at `size` rows, or at civic.band's silent cap without the service secret)."""
     last_id = rows[-1].get("id") if rows and isinstance(rows[-1], dict) else "-"
-    return (last_id is None and next_cursor is not None) or (last_id == "" and next_cursor is None and len(rows) == size)
+    full = len(rows) >= min(size, PUBLIC_PAGE_SIZE)
+    return (last_id is None and next_cursor is not None) or (last_id == "" and next_cursor is None and full)
 
 
 def _id_range_end(cursor: str | None, id_ranges: int) -> str | None:
@@ -256,7 +260,7 @@ def _retry_after(response: httpx.Response) -> float | None:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):  # absent, or neither form
+    except (TypeError, ValueError, OverflowError):  # absent, neither form, or a year beyond datetime
         return None
     if when.tzinfo is None:  # "-0000": UTC by the RFC
         when = when.replace(tzinfo=dt.timezone.utc)

@@ -141,7 +141,8 @@ def _has_pending_run(instance: dg.DagsterInstance, municipality: str, document_t
 def _run_key_used(instance: dg.DagsterInstance, run_key: str) -> bool:
     """A run of this key exists, so the daemon would drop the request: e.g. a repair whose check could not
     run (upstream down) left verified_at as it was. Counted again, it would use up the repair budget."""
-    return bool(instance.get_run_records(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1))
+    tags = {"dagster/run_key": run_key, "dagster/sensor_name": sync_followup_sensor.name}  # as the daemon matches
+    return bool(instance.get_run_records(dg.RunsFilter(tags=tags), limit=1))
 
 
 def _syncs(run: dg.DagsterRun) -> bool:

@@ -154,6 +154,8 @@ def _validate(data: dict) -> dict:
     # named like a column (subdomain, created_at, ...) are dropped so they cannot overwrite one.
     extras = {k: v for k, v in data.items() if k not in KNOWN_FIELDS and k not in municipalities.c}
     for field, value in extras.items():
+        if not _is_text(field):
+            raise Rejected(400, "field names must be text without NUL or lone surrogates")
         _strict_json(field, value)
     return fields | extras
 

@@ -165,7 +165,8 @@ def test_a_repair_whose_run_ended_without_a_new_verification_is_not_counted_agai
     # Its run ended without a check result (upstream down while counting): verified_at stays, and so
     # would the run key, which the daemon drops as used.
     instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.FAILURE,
-                                   tags=partition_tags("oakland.ca", "agenda") | {"dagster/run_key": repair.run_key}))
+                                   tags=partition_tags("oakland.ca", "agenda")
+                                   | {"dagster/run_key": repair.run_key, "dagster/sensor_name": "sync_followup_sensor"}))
     for _ in range(3):
         assert not sync_followup_sensor(context()).run_requests
     assert store.job("oakland.ca", "agenda")["repair_attempts"] == 1

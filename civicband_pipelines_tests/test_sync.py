@@ -12,6 +12,7 @@ from civicband_pipelines.rows import storable_id
 from civicband_pipelines.sync import PREFETCH_PAGES, prefetched_pages, sync_partition
 
 from .conftest import make_municipality, wait_until
+from .replica_process import running_replica
 from .upstream import assert_equals_upstream, expected_rejections, replica_db, upstream_rows
 
 
@@ -189,8 +190,24 @@ def test_rows_without_an_id_that_end_a_page_fail_the_sync_and_remove_nothing(cli
         with pytest.raises(UpstreamError, match="ends in a row without an id"):
             sync_partition(client, store, municipality, "agenda", batch_size=batch_size, restart=True)
         job = store.job(municipality, "agenda")
-        assert job["status"] == "failed" and "larger batch size" in job["last_error"]
+        assert job["status"] == "failed" and "pages of its batch size" in job["last_error"]
         assert store.count_pages(municipality, "agenda") == synced
+
+
+def test_an_empty_id_that_ends_a_page_capped_by_civic_band_fails_the_sync_too(client_settings, store, replica_root):
+    """Without the service secret civic.band returns 100 rows for any `_size`: that page is full too."""
+    import dataclasses
+    import sqlite3
+
+    municipality = make_municipality(replica_root, documents=10, pages=(3, 3), text_chars=100)
+    with sqlite3.connect(replica_db(replica_root, municipality)) as conn:
+        conn.executemany("INSERT INTO agendas (id, meeting, date, page, text) VALUES (?, 'No Id', '2024-05-01', ?, 'x')",
+                         [(None, page) for page in range(1, 100)] + [("", 100)])
+    with running_replica(replica_root, proxy=False, service_secret="s3cret") as guarded:
+        anonymous = dataclasses.replace(client_settings, base_url=guarded.base_url_template, service_secret=None)
+        with CivicBandClient(anonymous) as client, pytest.raises(UpstreamError, match="100 without CIVICBAND_SERVICE_SECRET"):
+            sync_partition(client, store, municipality, "agenda")
+    assert store.count_pages(municipality, "agenda") == 0 and store.job(municipality, "agenda")["status"] == "failed"
 
 
 def test_batch_size_is_bounded(client, store, municipality):

@@ -165,6 +165,7 @@ def test_auth_is_checked_before_the_body(http, wh_store):
         (_with_raw("popup_data", '{"a": ' + "[" * 970 + "]" * 970 + "}"), "popup_data"),
         (_with_raw("extra", "-1e400"), "extra"),
         (_with_raw("extra", '["\\udfff"]'), "extra"),
+        (_with_raw("\\udfff", "1"), None),
     ],
 )
 def test_bad_bodies_are_400_and_store_nothing(http, wh_store, content, field):

@@ -169,6 +169,10 @@ class MunicipalityLease:
 
     def _release_advisory_lock(self) -> None:
         if self._lock_connection is not None:
+            # Unlocked first: the server lets go of a closed session's locks only once its backend has
+            # noticed, so the next sync of the municipality, started right after, could be turned away.
+            with contextlib.suppress(Exception):  # a session that is gone holds no lock
+                self._lock_connection.execute(sa.text("SELECT pg_advisory_unlock_all()"))
             self._lock_connection.invalidate()  # closing the session releases the lock for sure
             self._lock_connection = None
 
@@ -216,11 +220,7 @@ class MunicipalityLease:
 def active_lease(store: MeetingStore, municipality: str, stale_after: float | None = None) -> dict | None:
     """The lease of a sync of this municipality that is alive right now, or None."""
     if store.engine.dialect.name == "postgresql":
-        connection = _try_advisory_lock(store, municipality)
-        if connection is not None:  # nobody holds it
-            connection.invalidate()
-            return None
-        return store.lease(municipality) or {}
+        return (store.lease(municipality) or {}) if _advisory_lock_held(store, municipality) else None
     lease = store.lease(municipality)
     return lease if lease and not is_stale(lease["heartbeat_at"], stale_after or stale_after_from_env()) else None
 
@@ -228,12 +228,28 @@ def active_lease(store: MeetingStore, municipality: str, stale_after: float | No
 def _try_advisory_lock(store: MeetingStore, municipality: str) -> sa.Connection | None:
     """A connection holding the municipality's session advisory lock, or None if another session has it."""
     connection = store.engine.connect()
-    key = int.from_bytes(hashlib.sha256(municipality.encode()).digest()[:8], "big", signed=True)
-    if not connection.execute(sa.text("select pg_try_advisory_lock(:key)"), {"key": key}).scalar():
+    if not connection.execute(sa.text("select pg_try_advisory_lock(:key)"), {"key": _lock_key(municipality)}).scalar():
         connection.close()
         return None
     connection.commit()  # end the implicit transaction; the session lock stays
     return connection
+
+
+def _advisory_lock_held(store: MeetingStore, municipality: str) -> bool:
+    """Some session holds the municipality's advisory lock. Read from pg_locks: a probe that took the
+    lock itself, however briefly, would turn away a sync starting at that moment."""
+    key = _lock_key(municipality) % 2**64  # pg_locks shows a bigint key as two unsigned halves
+    query = sa.text(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid::bigint = :high AND objid::bigint = :low)"
+    )
+    with store.engine.connect() as conn:
+        return conn.execute(query, {"high": key >> 32, "low": key % 2**32}).scalar()
+
+
+def _lock_key(municipality: str) -> int:
+    return int.from_bytes(hashlib.sha256(municipality.encode()).digest()[:8], "big", signed=True)
 
 
 def is_stale(heartbeat_at: dt.datetime, stale_after: float, now: dt.datetime | None = None) -> bool:

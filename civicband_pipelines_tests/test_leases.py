@@ -297,6 +297,28 @@ def refuse_lease_updates(conn: sa.Connection, refuse: bool) -> None:
         conn.exec_driver_sql("DROP FUNCTION refuse()")
 
 
+def test_postgresql_looking_at_a_lease_never_turns_a_sync_away(postgres_store):
+    """`civicband status` and the follow-up sensor ask whether a sync is alive (active_lease) at any time.
+    Taking the advisory lock to find out, however briefly, refused a sync that started at that moment."""
+    store, stop, seen = postgres_store, threading.Event(), []
+
+    def look():
+        while not stop.is_set():
+            seen.append(active_lease(store, "oakland.ca"))
+
+    looker = threading.Thread(target=look, name="looker")
+    looker.start()
+    try:
+        wait_until(lambda: seen, what="the first look")
+        for _ in range(100):
+            with MunicipalityLease(store, "oakland.ca", OWNER):  # wait=0: refused at once if held
+                assert active_lease(store, "oakland.ca")["run_id"] == "run-1"
+    finally:
+        stop.set()
+        looker.join(30)
+    assert active_lease(store, "oakland.ca") is None
+
+
 def test_postgresql_fences_off_a_sync_that_lost_its_advisory_lock_even_mid_write(postgres_store):
     """The lock's session can die while its sync goes on (idle_session_timeout, a dropped connection);
     then another sync may take over. A batch being written holds the lease row until it commits, so the

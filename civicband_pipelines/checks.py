@@ -17,9 +17,9 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 class MatchesUpstreamConfig(dg.Config):
     compare_ids: bool = pydantic.Field(
         False,
-        description="Compare every id with upstream even when the counts match (a request per 1000 upstream "
-        "rows, 100 without the service secret): finds a page whose text changed while the count did not, "
-        "e.g. re-OCR'd behind a running sync.",
+        description="Compare every page with upstream (id, image, entities, votes) even when the counts match "
+        "(a request per 1000 upstream rows, 100 without the service secret): finds pages that changed while "
+        "the count did not, e.g. re-OCR'd behind a running sync.",
     )
 
 
@@ -29,7 +29,7 @@ class MatchesUpstreamConfig(dg.Config):
     partitions_def=meeting_page_partitions,
     description=(
         "Exact: upstream rows (SQL count, not the capped _extra=count) = local pages + rejected rows. "
-        "On a mismatch (or with compare_ids), ids are compared to name the missing, stale and extra documents."
+        "On a mismatch (or with compare_ids), pages are compared by id to name the missing, stale and extra documents."
     ),
 )
 def matches_upstream(

@@ -22,8 +22,8 @@ from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 # `running` too: a sync killed before anyone settled it. While its lease is live (it may be alive, or
 # just killed) the municipality is busy: refused, or waited for with --wait.
 RESUMABLE = ("failed", "paused", "running")
-DEEP_HELP = ("compare every id, not only the counts (a request per 1000 upstream rows, 100 without the service "
-             "secret; finds changed pages too)")
+DEEP_HELP = ("compare every page (id, image, entities, votes), not only the counts (a request per 1000 upstream "
+             "rows, 100 without the service secret; finds changed pages too)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -318,18 +318,22 @@ class MeetingStore:
         with self.engine.connect() as conn:
             return {row.municipality: dict(row._mapping) for row in conn.execute(sa.select(sync_leases))}
 
-    def iter_page_ids(self, municipality: str, document_type: str) -> Iterator[tuple[str, str, dt.date]]:
-        """(upstream_id, meeting_name, meeting_date) of every local page, in upstream's id order."""
+    def iter_page_ids(self, municipality: str, document_type: str) -> Iterator[tuple]:
+        """(upstream_id, meeting_name, meeting_date, (page_image, entities_json, votes_json)) of every
+        local page, in upstream's id order: what verification compares (the id stands for the text)."""
         upstream_id = meeting_pages.c.upstream_id
         if self.engine.dialect.name == "postgresql":
             upstream_id = upstream_id.collate("C")  # byte order, as SQLite sorts upstream
+        pages = meeting_pages.c
         query = (
-            sa.select(meeting_pages.c.upstream_id, meeting_pages.c.meeting_name, meeting_pages.c.meeting_date)
+            sa.select(pages.upstream_id, pages.meeting_name, pages.meeting_date,
+                      pages.page_image, pages.entities_json, pages.votes_json)
             .where(*_in_partition(meeting_pages, municipality, document_type))
             .order_by(upstream_id)
         )
         with self.engine.connect() as conn:
-            yield from (tuple(row) for row in conn.execution_options(stream_results=True, yield_per=5000).execute(query))
+            rows = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
+            yield from ((upstream_id, meeting, date, tuple(compared)) for upstream_id, meeting, date, *compared in rows)
 
     def rejected_ids(self, municipality: str, document_type: str) -> set[str]:
         query = sa.select(rejected_rows.c.upstream_id).where(*_in_partition(rejected_rows, municipality, document_type))

@@ -5,10 +5,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .client import CivicBandClient
-from .rows import has_id, rejection_id, storable_id
+from .rows import Rejection, has_id, parse_row, rejection_id, storable_id
 from .store import MeetingStore, utcnow
 
-MAX_NAMED_DOCUMENTS = 50  # documents named in metadata and CLI output; the counts are always complete
+MAX_NAMED_DOCUMENTS = 50
+# Fetched to compare ids: what names a document, and what a page's id does not stand for.
+COMPARED_COLUMNS = ("meeting", "date", "page", "page_image", "entities_json", "votes_json")  # documents named in metadata and CLI output; the counts are always complete
 
 
 @dataclass
@@ -66,13 +68,14 @@ def verify_counts(client: CivicBandClient, store: MeetingStore, municipality: st
 
 
 def verify_ids(client: CivicBandClient, store: MeetingStore, municipality: str, document_type: str) -> Verification:
-    """Compare upstream and local ids (streamed, both in id order) and say which documents differ."""
+    """Compare upstream and local pages by id (streamed, both in id order), with the image, entities and
+    votes that the id does not stand for, and say which documents differ."""
     result = verify_counts(client, store, municipality, document_type)
     result.deep = True
     rejected = store.rejected_ids(municipality, document_type)
     upstream = _upstream_ids(client, municipality, document_type, rejected, result)
     local = store.iter_page_ids(municipality, document_type)
-    for side, (upstream_id, meeting, date) in _merge_diff(upstream, local):
+    for side, (upstream_id, meeting, date, _) in _merge_diff(upstream, local):
         if side == "upstream" and storable_id(upstream_id) not in rejected:
             result.missing_pages[(meeting, str(date))] += 1
         elif side == "local":
@@ -81,22 +84,29 @@ def verify_ids(client: CivicBandClient, store: MeetingStore, municipality: str, 
 
 
 def _upstream_ids(client: CivicBandClient, municipality: str, document_type: str, rejected: set[str], result: Verification):
-    """(id, meeting, date) of the upstream rows in id order. A row without an id is never a page, so it
+    """(id, meeting, date, stored values) of the upstream rows in id order. A row without an id is never a page, so it
     is counted here: as missing, unless its rejection accounts for it (once: two such rows at one place
     share a key)."""
     accounted = set()
-    for page in client.iter_pages(municipality, document_type, 1000, columns=("meeting", "date", "page")):
+    for page in client.iter_pages(municipality, document_type, 1000, columns=COMPARED_COLUMNS):
         for row in page.rows:
             if has_id(row):
-                yield row["id"], row.get("meeting"), row.get("date")
+                yield row["id"], row.get("meeting"), row.get("date"), _stored_values(row)
             elif (key := rejection_id(row)) in rejected and key not in accounted:
                 accounted.add(key)
             else:
                 result.missing_pages[(row.get("meeting"), str(row.get("date")))] += 1
 
 
+def _stored_values(row: dict) -> tuple | None:
+    """The row's image, entities and votes as the store would keep them; None if it would not be stored."""
+    record = parse_row(row)  # the text is not fetched: the id stands for it
+    return None if isinstance(record, Rejection) else (record.page_image, record.entities_json, record.votes_json)
+
+
 def _merge_diff(upstream, local):
-    """Yield ("upstream", item) / ("local", item) for ids present on one side only."""
+    """Yield ("upstream", item) / ("local", item) for ids present on one side only, and both for an id
+    whose other values differ (a page changed under its id: its document is stale)."""
     sentinel = (None,)
     a, b = next(upstream, sentinel), next(local, sentinel)
     while a is not sentinel or b is not sentinel:
@@ -107,6 +117,9 @@ def _merge_diff(upstream, local):
             yield "local", b
             b = next(local, sentinel)
         else:
+            if a[3] != b[3]:
+                yield "upstream", a
+                yield "local", b
             a, b = next(upstream, sentinel), next(local, sentinel)
 
 

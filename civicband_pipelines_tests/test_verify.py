@@ -34,6 +34,23 @@ def test_a_partition_of_more_than_10001_pages_verifies_with_its_exact_count(clie
     assert (result.actual, result.missing, result.extra, result.passed) == (10500, 0, 0, True)
 
 
+@pytest.mark.parametrize("column, value", [("page_image", "/_agendas/moved.png"), ("votes_json", '[{"yes": 5}]')])
+def test_the_id_comparison_finds_a_page_changed_under_its_id(client, store, replica_root, column, value):
+    """civic.band's id hashes the text, not the image, entities or votes: a change there keeps the id."""
+    import sqlite3
+
+    municipality = make_municipality(replica_root, documents=10, pages=(3, 3), text_chars=100)
+    sync_partition(client, store, municipality, "agenda")
+    with sqlite3.connect(replica_db(replica_root, municipality)) as conn:
+        meeting, date = conn.execute(f"UPDATE agendas SET {column} = ? WHERE id = (SELECT min(id) FROM agendas)"
+                                     " RETURNING meeting, date", (value,)).fetchone()
+    assert verify_counts(client, store, municipality, "agenda").passed
+    deep = verify_ids(client, store, municipality, "agenda")
+    assert not deep.passed and deep.documents()["stale"] == [f"{meeting} {date} (1 missing, 1 extra)"]
+    assert sync_partition(client, store, municipality, "agenda").updated == 1
+    assert verify_ids(client, store, municipality, "agenda").passed
+
+
 def test_after_deleting_k_local_pages_verify_reports_exactly_k_missing_and_names_documents(client, store, replica_root, municipality):
     sync_partition(client, store, municipality, "agenda")
     pages = sorted(store.iter_pages(municipality, "agenda"), key=lambda p: (p["meeting_name"], p["meeting_date"], p["page_number"]))

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,19 @@ def test_webhook_command_is_accepted_by_the_cli():
         pytest.skip("the CLI has no `webhooks` command yet")
     args = parser.parse_args(WEBHOOK_COMMAND[1:])
     assert (args.host, int(args.port)) == ("0.0.0.0", 8080)
+
+
+def test_run_pods_are_sized_by_the_run_launcher_alone(values):
+    # With includeConfigInLaunchedRuns, a code location's resources go to its run pods and replace
+    # the launcher's runK8sConfig (dagster-k8s K8sContainerContext merge).
+    assert "resources" not in code_location(values)
+    assert values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]["resources"]["limits"]
+
+
+def test_the_image_installs_the_package_with_the_matching_dagster_k8s():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [postgres_pin] = re.findall(r'"dagster-postgres==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    assert "COPY pyproject.toml" in dockerfile and "COPY civicband_pipelines" in dockerfile
+    assert f'"dagster-k8s=={postgres_pin}"' in dockerfile  # the libraries share their version
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", ".demo"} <= set(ignored)

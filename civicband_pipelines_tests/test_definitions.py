@@ -101,7 +101,27 @@ def test_coverage_report_lists_every_partition_and_writes_csv(instance, resource
     assert rows[(municipality, "agenda")]["status"] == "completed" and rows[(municipality, "agenda")]["missing"] == 0
     assert rows[(municipality, "minutes")]["status"] == "never synced"
     csv = (tmp_path / "home" / "coverage.csv").read_text()
-    assert csv.splitlines()[0] == "municipality,document_type,status,expected,actual,missing,last_sync,last_verified"
+    assert csv.splitlines()[0] == "municipality,document_type,status,expected,actual,missing,check_passed,last_sync,last_verified"
+
+
+def test_coverage_counts_a_partition_exact_only_if_its_check_passed_and_extra_pages_cover_nothing(store):
+    from civicband_pipelines.coverage import coverage_frame, coverage_summary
+
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    for municipality, (expected, actual, passed) in {
+        "a.ca": (10, 10, True),
+        "b.ca": (10, 10, False),  # the ids differ: 1 missing, 1 extra, the same count
+        "c.ca": (10, 12, False),  # 2 extra
+    }.items():
+        store.upsert_municipality(municipality, {})
+        start = store.start_sync(municipality, "agenda", restart=False, run_id=None)
+        store.write_batch(municipality, "agenda", start, [], [], None)
+        store.record_verification(municipality, "agenda", expected, actual, passed, at)
+    frame = coverage_frame(store)
+    summary = coverage_summary(frame)
+    assert frame.set_index("municipality")["check_passed"].dropna().to_dict() == {"a.ca": True, "b.ca": False, "c.ca": False}
+    assert summary["partitions_verified_exact"] == 1
+    assert (summary["pages_expected"], summary["pages_local"], summary["coverage_percent"]) == (30, 32, 100.0)
 
 
 def _webhook_tick(instance, store_url, cursor=None):

@@ -1,13 +1,12 @@
 """The `meeting_pages` asset: a thin Dagster wrapper around sync.sync_partition."""
 
-import os
 from typing import Literal
 
 import dagster as dg
 import pydantic
 
 from .client import UnknownMunicipality, UpstreamError
-from .config import civicband_home
+from .config import civicband_home, seconds_from_env
 from .partitions import meeting_page_partitions, split_partition_key
 from .leases import MunicipalityBusy
 from .naming import TABLES, InvalidSubdomain
@@ -99,8 +98,7 @@ def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, r
 
 def default_time_budget() -> float | None:
     """CIVICBAND_TIME_BUDGET_SECONDS: how long one run may sync before it checkpoints and chains a continuation."""
-    value = os.environ.get("CIVICBAND_TIME_BUDGET_SECONDS")
-    return float(value) if value else None
+    return seconds_from_env("CIVICBAND_TIME_BUDGET_SECONDS", None, above_zero=True)
 
 
 def sync_metadata(result: SyncResult, source_url: str) -> dict:

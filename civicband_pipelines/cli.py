@@ -11,7 +11,7 @@ import httpx
 
 from .checks import matches_upstream
 from .client import CivicBandClient, TransientError, UpstreamError
-from .config import civicband_home, database_url_from_env
+from .config import ConfigError, civicband_home, database_url_from_env
 from .leases import WAIT_FOREVER, active_lease, refusal
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: stopped (a sync that was running stopped at its last checkpoint, status paused; "
               "`civicband backfill --resume` continues it)", file=sys.stderr)
         return 130
-    except (InvalidSubdomain, UpstreamError) as error:
+    except (InvalidSubdomain, UpstreamError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (TransientError, httpx.HTTPError) as error:
@@ -115,6 +115,7 @@ def _backfill(args: argparse.Namespace) -> int:
     busy = [m for m in dict.fromkeys(m for m, _ in partitions) if not _until_free(store, m, args.wait)]
     partitions = [(m, d) for m, d in partitions if m not in busy]
     if not partitions:
+        _print_busy(busy)
         return 3
     # With --wait, each partition's sync also waits for the lease: a queued run may take it in between.
     sync_config = {"restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
@@ -127,12 +128,16 @@ def _backfill(args: argparse.Namespace) -> int:
     print(f"{len(ran) - len(failed)} of {len(ran)} partitions synced and verified")
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
-    for municipality in busy:
-        print(f"SKIPPED: {municipality} (another sync holds it; --wait waits for it)", file=sys.stderr)
+    _print_busy(busy)
     for municipality, document_type in taken:
         print(f"SKIPPED: {municipality}/{document_type} (another sync took {municipality} while this command ran; "
               "--wait waits for it)", file=sys.stderr)
     return 1 if failed else 3 if busy or taken else 0
+
+
+def _print_busy(municipalities: list[str]) -> None:
+    for municipality in municipalities:
+        print(f"SKIPPED: {municipality} (another sync holds it; --wait waits for it)", file=sys.stderr)
 
 
 def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, str]], run_config: dict):

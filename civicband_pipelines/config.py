@@ -10,7 +10,8 @@ DEFAULT_BASE_URL = "https://{subdomain}.civic.band"
 
 def civicband_home() -> Path:
     """Where the embedded default keeps its files (CIVICBAND_HOME, default ~/.civicband)."""
-    return Path(os.environ.get("CIVICBAND_HOME") or Path.home() / ".civicband").expanduser()
+    # Absolute: DAGSTER_HOME is made from it, and Dagster refuses a relative one.
+    return Path(os.environ.get("CIVICBAND_HOME") or Path.home() / ".civicband").expanduser().absolute()
 
 
 def default_database_url() -> str:
@@ -37,34 +38,40 @@ class ClientSettings:
         return cls(
             base_url=env.get("CIVICBAND_BASE_URL") or DEFAULT_BASE_URL,
             service_secret=env.get("CIVICBAND_SERVICE_SECRET") or None,
-            timeout=float(env.get("CIVICBAND_HTTP_TIMEOUT") or 120),
-            retries=int(env.get("CIVICBAND_HTTP_RETRIES") or 3),
-            backoff=float(env.get("CIVICBAND_HTTP_BACKOFF") or 1.0),
-            rate_limit_wait=_seconds("CIVICBAND_HTTP_RATE_LIMIT_WAIT", 60.0),
-            max_scan_rows=_positive_int("CIVICBAND_MAX_SCAN_ROWS", 25_000),
+            timeout=seconds_from_env("CIVICBAND_HTTP_TIMEOUT", 120.0, above_zero=True),
+            retries=whole_number_from_env("CIVICBAND_HTTP_RETRIES", 3, minimum=0),
+            backoff=seconds_from_env("CIVICBAND_HTTP_BACKOFF", 1.0),
+            rate_limit_wait=seconds_from_env("CIVICBAND_HTTP_RATE_LIMIT_WAIT", 60.0),
+            max_scan_rows=whole_number_from_env("CIVICBAND_MAX_SCAN_ROWS", 25_000),
         )
 
 
-def _seconds(name: str, default: float) -> float:
-    """A duration from the environment; anything but a finite number of seconds >= 0 is refused."""
-    value = os.environ.get(name) or default
+class ConfigError(ValueError):
+    """An environment variable with a value it cannot have; the message names it."""
+
+
+def seconds_from_env(name: str, default: float | None, *, above_zero: bool = False) -> float | None:
+    """A duration from the environment: a finite number of seconds >= 0 (> 0 if `above_zero`)."""
+    value = os.environ.get(name)
+    if not value:
+        return default
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not 0 <= seconds < math.inf:  # NaN too
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if not 0 <= seconds < math.inf or (above_zero and seconds == 0):  # NaN too
+        raise ConfigError(f"{name} must be a number of seconds {'>' if above_zero else '>='} 0, got {value!r}")
     return seconds
 
 
-def _positive_int(name: str, default: int) -> int:
+def whole_number_from_env(name: str, default: int, *, minimum: int = 1) -> int:
     value = os.environ.get(name) or str(default)
     try:
         number = int(value)
     except ValueError:
-        number = 0
-    if number < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        number = minimum - 1
+    if number < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return number
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from .config import seconds_from_env
 from .schema import sync_leases, sync_waits
 from .store import LeaseLost, MeetingStore, utcnow
 
@@ -46,7 +47,7 @@ class SyncOwner:
 
 
 def stale_after_from_env() -> float:
-    return float(os.environ.get("CIVICBAND_LEASE_STALE_SECONDS") or DEFAULT_STALE_AFTER)
+    return seconds_from_env("CIVICBAND_LEASE_STALE_SECONDS", DEFAULT_STALE_AFTER, above_zero=True)
 
 
 class MunicipalityLease:

@@ -1,10 +1,9 @@
 """Sensors that turn stored facts into runs: webhook events, paused syncs, failed verifications."""
 
-import os
-
 import dagster as dg
 
 from .assets import TRIGGER_TAG, report_dead_run
+from .config import whole_number_from_env
 from .leases import WAIT_FOREVER, settle_dead_syncs, settle_dead_waits
 from .naming import DOCUMENT_TYPES
 from .partitions import MUNICIPALITY, municipality_partitions, partition_key, partition_tags
@@ -12,9 +11,9 @@ from .resources import MeetingStoreResource
 from .store import MeetingStore
 from .sync import BUDGET_PAUSE
 
-MAX_REPAIRS = int(os.environ.get("CIVICBAND_MAX_REPAIRS") or 2)  # full resyncs per failing partition
+MAX_REPAIRS = whole_number_from_env("CIVICBAND_MAX_REPAIRS", 2, minimum=0)  # full resyncs per failing partition
 # How often the daemon evaluates the sensors (tests lower it).
-INTERVAL = int(os.environ.get("CIVICBAND_SENSOR_INTERVAL_SECONDS") or 15)
+INTERVAL = whole_number_from_env("CIVICBAND_SENSOR_INTERVAL_SECONDS", 15)
 _PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
 _UNFINISHED = [*_PENDING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 

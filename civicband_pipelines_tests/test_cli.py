@@ -202,6 +202,16 @@ def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
     assert too_big.returncode == 2 and "--batch-size must be between 1 and 10000" in too_big.stderr
 
 
+def test_a_wrong_setting_is_one_line_naming_it_and_a_relative_home_works(cli_env, tmp_path, municipality):
+    wrong = civicband({**cli_env, "CIVICBAND_HTTP_TIMEOUT": "abc"}, "municipalities", "add", municipality)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.splitlines()[-1] == "error: CIVICBAND_HTTP_TIMEOUT must be a number of seconds > 0, got 'abc'"
+    relative = {k: v for k, v in cli_env.items() if k not in ("DAGSTER_HOME", "CIVICBAND_DATABASE_URL")}
+    status = civicband({**relative, "CIVICBAND_HOME": "home-here"}, "status", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr  # DAGSTER_HOME is made from it, and must be absolute
+    assert (tmp_path / "home-here" / "meetings.db").exists() and (tmp_path / "home-here" / "dagster").is_dir()
+
+
 def test_a_failed_sync_is_one_line_with_its_reason_not_a_traceback(cli_env, store, replica, municipality):
     assert civicband(cli_env, "municipalities", "add", municipality).returncode == 0
     replica.set_faults(rate=1.0, kinds=["error_500"])
@@ -254,7 +264,7 @@ def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true
     try:
         wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 14, what="first sync")
         second = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=minutes")
-        assert second.returncode == 3
+        assert second.returncode == 3 and f"SKIPPED: {municipality} (another sync holds it" in second.stderr
         assert f"Backfill already in progress for {municipality} (started: just now). Active: cli run " in second.stderr
         assert "agenda full mode. Check the UI or wait." in second.stderr
         # `all` syncs every other municipality, including one only the webhook receiver has stored so far.

@@ -4,12 +4,17 @@ import dataclasses
 import datetime as dt
 import email.utils
 import logging
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
 from civicband_pipelines.client import CivicBandClient, TransientError, UnknownMunicipality, UpstreamError
-from civicband_pipelines.config import ClientSettings
+from civicband_pipelines.assets import default_time_budget
+from civicband_pipelines.config import ClientSettings, ConfigError
+from civicband_pipelines.leases import stale_after_from_env
 from civicband_pipelines.naming import InvalidSubdomain
 
 from .replica_process import running_replica
@@ -129,6 +134,34 @@ def test_the_rate_limit_wait_is_a_minute_unless_configured(monkeypatch):
         monkeypatch.setenv("CIVICBAND_HTTP_RATE_LIMIT_WAIT", bad)
         with pytest.raises(ValueError, match=f"CIVICBAND_HTTP_RATE_LIMIT_WAIT must be a number of seconds >= 0, got '{bad}'"):
             ClientSettings.from_env()
+
+
+@pytest.mark.parametrize("name, bad, rule", [
+    ("CIVICBAND_HTTP_TIMEOUT", "abc", "a number of seconds > 0"),
+    ("CIVICBAND_HTTP_TIMEOUT", "0", "a number of seconds > 0"),
+    ("CIVICBAND_HTTP_BACKOFF", "-1", "a number of seconds >= 0"),
+    ("CIVICBAND_HTTP_RETRIES", "-1", "a whole number >= 0"),
+    ("CIVICBAND_HTTP_RETRIES", "2.5", "a whole number >= 0"),
+    ("CIVICBAND_MAX_SCAN_ROWS", "0", "a whole number >= 1"),
+])
+def test_client_settings_name_the_variable_that_is_wrong(monkeypatch, name, bad, rule):
+    monkeypatch.setenv(name, bad)
+    with pytest.raises(ConfigError, match=f"^{name} must be {rule}, got '{bad}'$"):
+        ClientSettings.from_env()
+
+
+def test_other_numeric_settings_name_the_variable_that_is_wrong(monkeypatch):
+    monkeypatch.setenv("CIVICBAND_LEASE_STALE_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="CIVICBAND_LEASE_STALE_SECONDS must be a number of seconds > 0"):
+        stale_after_from_env()
+    monkeypatch.setenv("CIVICBAND_TIME_BUDGET_SECONDS", "-5")
+    with pytest.raises(ConfigError, match="CIVICBAND_TIME_BUDGET_SECONDS must be a number of seconds > 0"):
+        default_time_budget()
+    # Read when the code location loads: the error names the variable, not a bare int() failure.
+    for name in ("CIVICBAND_SENSOR_INTERVAL_SECONDS", "CIVICBAND_MAX_REPAIRS"):
+        loading = subprocess.run([sys.executable, "-c", "import civicband_pipelines.definitions"], capture_output=True,
+                                 text=True, env={**os.environ, name: "1.5"}, timeout=120)
+        assert loading.returncode != 0 and f"ConfigError: {name} must be a whole number" in loading.stderr
 
 
 def test_service_secret_lifts_the_public_page_cap(client_settings, replica_root, municipality):

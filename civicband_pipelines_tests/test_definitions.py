@@ -176,11 +176,16 @@ def test_followup_sensor_repairs_a_failing_partition_a_bounded_number_of_times(i
     assert json.dumps(store.job("oakland.ca", "agenda")["repair_attempts"]) == str(MAX_REPAIRS)
 
 
-def test_a_repair_whose_run_ended_without_a_new_verification_is_not_counted_again(instance, store, store_url):
+def _failing_partition(instance, store, store_url):
+    """oakland.ca/agenda synced (empty) and failing its check; returns a sensor context factory."""
     start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=None)
     store.write_batch("oakland.ca", "agenda", start, [], [], None)
     store.record_verification("oakland.ca", "agenda", 10, 9, False, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
-    context = lambda: dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})  # noqa: E731
+    return lambda: dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})
+
+
+def test_a_repair_whose_run_ended_without_a_new_verification_is_not_counted_again(instance, store, store_url):
+    context = _failing_partition(instance, store, store_url)
     (repair,) = sync_followup_sensor(context()).run_requests
     # Its run ended without a check result (upstream down while counting): verified_at stays, and so
     # would the run key, which the daemon drops as used.
@@ -196,10 +201,7 @@ def test_a_repair_whose_run_ended_without_a_new_verification_is_not_counted_agai
 
 
 def test_a_repair_is_counted_once_while_its_run_is_unfinished_and_sensor_runs_wait_for_a_busy_municipality(instance, store, store_url):
-    start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=None)
-    store.write_batch("oakland.ca", "agenda", start, [], [], None)
-    store.record_verification("oakland.ca", "agenda", 10, 9, False, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
-    context = lambda: dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})  # noqa: E731
+    context = _failing_partition(instance, store, store_url)
     (repair,) = sync_followup_sensor(context()).run_requests
     assert repair.run_config["ops"]["meeting_pages"]["config"]["lease_wait_seconds"] == WAIT_FOREVER
     # The repair run started (its check will say whether it worked): later ticks neither ask nor count again.

@@ -321,15 +321,14 @@ class MeetingStore:
     def iter_page_ids(self, municipality: str, document_type: str) -> Iterator[tuple]:
         """(upstream_id, meeting_name, meeting_date, (page_image, entities_json, votes_json)) of every
         local page, in upstream's id order: what verification compares (the id stands for the text)."""
-        upstream_id = meeting_pages.c.upstream_id
-        if self.engine.dialect.name == "postgresql":
-            upstream_id = upstream_id.collate("C")  # byte order, as SQLite sorts upstream
         pages = meeting_pages.c
+        postgres = self.engine.dialect.name == "postgresql"
+        order = pages.upstream_id.collate("C") if postgres else pages.upstream_id  # byte order, as SQLite sorts
         query = (
             sa.select(pages.upstream_id, pages.meeting_name, pages.meeting_date,
                       pages.page_image, pages.entities_json, pages.votes_json)
             .where(*_in_partition(meeting_pages, municipality, document_type))
-            .order_by(upstream_id)
+            .order_by(order)
         )
         with self.engine.connect() as conn:
             rows = conn.execution_options(stream_results=True, yield_per=5000).execute(query)

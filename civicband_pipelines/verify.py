@@ -8,9 +8,9 @@ from .client import CivicBandClient
 from .rows import Rejection, has_id, parse_row, rejection_id, storable_id
 from .store import MeetingStore, utcnow
 
-MAX_NAMED_DOCUMENTS = 50
-# Fetched to compare ids: what names a document, and what a page's id does not stand for.
-COMPARED_COLUMNS = ("meeting", "date", "page", "page_image", "entities_json", "votes_json")  # documents named in metadata and CLI output; the counts are always complete
+MAX_NAMED_DOCUMENTS = 50  # documents named in metadata and CLI output; the counts are always complete
+# Fetched to compare pages by id: what names a document, and what a page's id does not stand for.
+COMPARED_COLUMNS = ("meeting", "date", "page", "page_image", "entities_json", "votes_json")
 
 
 @dataclass
@@ -84,9 +84,9 @@ def verify_ids(client: CivicBandClient, store: MeetingStore, municipality: str, 
 
 
 def _upstream_ids(client: CivicBandClient, municipality: str, document_type: str, rejected: set[str], result: Verification):
-    """(id, meeting, date, stored values) of the upstream rows in id order. A row without an id is never a page, so it
-    is counted here: as missing, unless its rejection accounts for it (once: two such rows at one place
-    share a key)."""
+    """(id, meeting, date, stored values) of the upstream rows in id order. A row without an id is never
+    a page, so it is counted here: as missing, unless its rejection accounts for it (once: two such rows
+    at one place share a key)."""
     accounted = set()
     for page in client.iter_pages(municipality, document_type, 1000, columns=COMPARED_COLUMNS):
         for row in page.rows:

@@ -259,7 +259,9 @@ def test_verify_deep_compares_ids_and_finds_a_changed_page_the_counts_miss(cli_e
 
 
 def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true(cli_env, store, replica, municipality, replica_root):
-    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.2)  # the first sync takes ~10 s
+    # Only the first sync's pages are slow: at 1 s each it needs over 40 s, more than the commands below
+    # take even on a loaded machine (it must still run when killed).
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=1.0, path_contains=f"/{municipality}/meetings/agendas")
     first = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
     try:
         wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 14, what="first sync")
@@ -278,6 +280,7 @@ def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true
         assert store.job(municipality, "minutes") is None
         status = civicband(cli_env, "status")
         assert "running" in status.stdout
+        assert first.poll() is None, "the first sync ended before it could be killed"
     finally:
         first.kill()
         first.wait()

@@ -43,9 +43,14 @@ def start_civicband(env, *args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def slow_pages(replica, municipality: str) -> None:
+    """0.1 s per page of this municipality: a sync of ~45 requests of 7 rows runs for seconds after the
+    test has seen its first pages land, time enough to kill, stop or interrupt it however loaded the machine."""
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.1, path_contains=f"/{municipality}/meetings/")
+
+
 def latest_materialization(env, municipality: str, document_type: str):
-    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("meeting_pages"))
         assert event.dagster_event.partition == partition_key(municipality, document_type)
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
@@ -69,10 +74,11 @@ def test_backfill_records_runs_in_the_instance_and_prints_a_summary(cli_env, sto
 @pytest.mark.parametrize("again", ["--wait", "--resume"])
 def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cli_env, store, replica, replica_root, municipality, again):
     total = len(upstream_rows(replica_root, municipality, "agenda"))
-    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.03)  # every page a little slow
+    slow_pages(replica, municipality)
     process = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
     try:
         wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 70, what="70 pages")
+        assert process.poll() is None, "the sync ended before it could be killed"
     finally:
         process.kill()  # SIGKILL: no cleanup of any kind
         process.wait()
@@ -85,10 +91,11 @@ def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cl
         done = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7", "--wait")
     else:  # with no daemon to settle it, the killed sync still says `running`: --resume picks it up all the same
         if store.engine.dialect.name == "sqlite":  # the dead holder's lease lives on until it is stale
-            cli_env["CIVICBAND_LEASE_STALE_SECONDS"] = "20"  # long enough to see it still live at first
-            refused = civicband(cli_env, "backfill", "--subdomain=all", "--resume", "--batch-size=7")
+            patient = {**cli_env, "CIVICBAND_LEASE_STALE_SECONDS": "120"}  # to see it still live, however slow the start
+            refused = civicband(patient, "backfill", "--subdomain=all", "--resume", "--batch-size=7")
             assert refused.returncode == 3, refused.stdout + refused.stderr  # busy, not "nothing to do"
             assert f"Backfill already in progress for {municipality}" in refused.stderr
+            # (Below, with the 3 s of cli_env, the lease is long stale: --wait's waiting is the other case's test.)
         # (PostgreSQL dropped the dead holder's advisory lock with its session: no wait.)
         done = civicband(cli_env, "backfill", "--subdomain=all", "--resume", "--batch-size=7", "--wait")
         assert "1 of 1 partitions" in done.stdout, done.stdout + done.stderr
@@ -104,8 +111,7 @@ def test_kill_9_mid_backfill_then_run_again_resumes_and_fetches_only_the_rest(cl
 
 
 def run_status(env, run_id: str) -> dg.DagsterRunStatus:
-    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         return instance.get_run_by_id(run_id).status
 
 
@@ -113,10 +119,11 @@ def test_a_suspended_sync_whose_lease_was_taken_over_stops_without_writing(cli_e
     """A sync frozen past the lease's staleness (laptop asleep, SIGSTOP) may be taken over on SQLite; when
     it wakes up, its next write finds the lease gone and it stops, leaving the other sync's work alone.
     On PostgreSQL the frozen sync keeps its advisory lock, so nobody takes over."""
-    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.03)
+    slow_pages(replica, municipality)
     frozen = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
     try:
         wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 70, what="70 pages")
+        assert frozen.poll() is None, "the sync ended before it could be suspended"
         _suspend_outside_a_write(frozen, store_url)
         replica.clear_faults()
         if store_url.startswith("sqlite"):
@@ -162,9 +169,10 @@ def _sqlite_writable(path: str) -> bool:
 
 
 def test_interrupted_backfill_stops_shows_paused_and_resume_picks_it(cli_env, store, replica, replica_root, municipality):
-    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.03)
+    slow_pages(replica, municipality)
     process = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--batch-size=7")  # agenda, then minutes
     wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 28, what="28 pages")
+    assert process.poll() is None, "the sync ended before it could be interrupted"
     process.send_signal(signal.SIGINT)  # what Ctrl-C (and a cancelled in-process run) does
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output[-3000:]
@@ -259,12 +267,13 @@ def test_verify_deep_compares_ids_and_finds_a_changed_page_the_counts_miss(cli_e
 
 
 def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true(cli_env, store, replica, municipality, replica_root):
-    # Only the first sync's pages are slow: at 1 s each it needs over 40 s, more than the commands below
-    # take even on a loaded machine (it must still run when killed).
-    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=1.0, path_contains=f"/{municipality}/meetings/agendas")
-    first = start_civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda", "--batch-size=7")
+    # The first sync is parked on its first page (answered after 10 minutes, within its own timeout), so
+    # it still runs when killed however long the commands below take.
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=600, path_contains=f"/{municipality}/meetings/agendas")
+    first = start_civicband({**cli_env, "CIVICBAND_HTTP_TIMEOUT": "900"}, "backfill", f"--subdomain={municipality}",
+                            "--document-type=agenda", "--batch-size=7")
     try:
-        wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 14, what="first sync")
+        wait_until(lambda: (store.job(municipality, "agenda") or {}).get("status") == "running", what="the first sync")
         second = civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=minutes")
         assert second.returncode == 3 and f"SKIPPED: {municipality} (another sync holds it" in second.stderr
         assert f"Backfill already in progress for {municipality} (started: just now). Active: cli run " in second.stderr

@@ -104,10 +104,10 @@ def test_retry_after_is_honoured(client_settings, replica, municipality):
 
 @pytest.mark.parametrize("fault, plan", [("rate_429", "retry_after"), ("error_503", "retry_after_503")])
 def test_retry_after_as_an_http_date_is_honoured_on_429_and_503(client_settings, replica, municipality, fault, plan):
-    # Two seconds ahead, at HTTP dates' one-second resolution: at least one second from now.
+    # Two seconds ahead, at HTTP dates' one-second resolution: at least one second from `started`.
+    started = time.monotonic()
     when = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2), usegmt=True)
     replica.set_faults(rate=1.0, kinds=[fault], max_faults=1, **{plan: when})
-    started = time.monotonic()
     with CivicBandClient(client_settings) as client:  # backoff 0.01 s: only Retry-After explains a 1 s wait
         client.fetch_page(municipality, "agenda", 5, None)
     assert time.monotonic() - started >= 1.0

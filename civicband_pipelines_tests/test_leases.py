@@ -172,13 +172,14 @@ def test_postgresql_judges_waits_by_the_servers_clock(postgres_store, monkeypatc
     assert outcome == {"held": True}
 
 
-def test_a_wait_beats_often_enough_for_a_stale_after_below_the_poll_interval(postgres_store):
+def test_a_wait_beats_often_enough_for_a_stale_after_below_the_poll_interval(postgres_store, monkeypatch):
     store = postgres_store  # an advisory lock: the waiter's short stale_after cannot take the lease over
+    monkeypatch.setattr(leases, "WAIT_POLL_SECONDS", 2.5)
     with MunicipalityLease(store, "oakland.ca", OWNER):
-        thread, outcome = waiting_in_a_thread(store, stale_after=0.8)  # beats every 0.2 s, not every 1 s poll
+        thread, outcome = waiting_in_a_thread(store, stale_after=2)  # beats every 0.5 s, not every 2.5 s poll
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
-            assert settle_dead_waits(store, stale_after=0.8) == []
+            assert settle_dead_waits(store, stale_after=2) == []
             time.sleep(0.05)
     thread.join(timeout=30)
     assert outcome == {"held": True}
@@ -327,7 +328,7 @@ def test_postgresql_fences_off_a_sync_that_lost_its_advisory_lock_even_mid_write
     with MunicipalityLease(store, "oakland.ca", OWNER) as first:
         start = store.start_sync("oakland.ca", "agenda", restart=False, run_id="first", holder=first.holder)
         with store.engine.connect() as conn:
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid, 30000) FROM pg_locks WHERE locktype = 'advisory'"
                                  " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
         taken, done = threading.Event(), threading.Event()
 

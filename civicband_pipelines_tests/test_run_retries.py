@@ -56,7 +56,7 @@ def test_a_run_that_dies_waiting_for_its_municipality_with_its_code_server_is_re
         os.kill(wait["pid"], signal.SIGKILL)
         # The daemon evaluates sensors again once it has replaced the code server (its workspace reload, ~60 s).
         stack.wait_for(lambda: stack.instance.get_run_by_id(wait["run_id"]).status == dg.DagsterRunStatus.FAILURE,
-                       "the dead run to be reported failed", 180)
+                       "the dead run to be reported failed", 300)
     (failure,) = stack.instance.all_logs(wait["run_id"], of_type=dg.DagsterEventType.RUN_FAILURE)
     assert "the run's process died (its heartbeat in the meetings store went stale)" in failure.dagster_event.message
     stack.wait_for(lambda: stack.settled(municipality), "every run of the municipality to finish", 300)

@@ -137,7 +137,7 @@ def test_burst_during_a_cli_sync_makes_one_run_per_partition_which_survives_a_ki
     the run queue forever; sync_followup_sensor reports it failed once its lease is stale, and the
     queued runs go through, the agenda one resuming the dead sync at its cursor. No manual cleanup."""
     before = {r.run_id for r in stack.runs(big)}
-    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.05, path_contains=f"/{big}/meetings/agendas")
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.15, path_contains=f"/{big}/meetings/agendas")
     holder = stack.start_cli("backfill", f"--subdomain={big}", "--document-type=agenda", "--batch-size=10", "--restart")
     try:
         stack.wait_for(lambda: (stack.store.lease(big) or {}).get("trigger") == "cli"

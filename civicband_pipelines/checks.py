@@ -41,7 +41,7 @@ def matches_upstream(
     with civicband.client() as client:
         result = None if config.compare_ids else verify_counts(client, store, municipality, document_type)
         if result is None or not result.passed:
-            result = verify_ids(client, store, municipality, document_type)
+            result = verify_ids(client, store, municipality, document_type, counted=result)
     store.record_verification(
         municipality, document_type, result.expected, result.actual, result.passed, result.verified_at
     )

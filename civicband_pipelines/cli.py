@@ -11,12 +11,12 @@ import httpx
 
 from .checks import matches_upstream
 from .client import CivicBandClient, TransientError, UpstreamError
-from .config import ConfigError, civicband_home, database_url_from_env
-from .leases import WAIT_FOREVER, active_lease, refusal
+from .assets import default_time_budget
+from .config import ClientSettings, ConfigError, civicband_home, database_url_from_env
+from .leases import WAIT_FOREVER, active_lease, refusal, stale_after_from_env
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
-from .sensors import settle_dead_runs
 from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 
 # `running` too: a sync killed before anyone settled it. While its lease is live (it may be alive, or
@@ -105,6 +105,7 @@ def _backfill(args: argparse.Namespace) -> int:
     if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH_SIZE:
         print(f"error: --batch-size must be between 1 and {MAX_BATCH_SIZE}", file=sys.stderr)
         return 2
+    _check_run_settings()
     instance, store = dagster_instance(), open_store(database_url_from_env())
     partitions = _partitions(instance, args)
     if args.resume:
@@ -133,6 +134,14 @@ def _backfill(args: argparse.Namespace) -> int:
         print(f"SKIPPED: {municipality}/{document_type} (another sync took {municipality} while this command ran; "
               "--wait waits for it)", file=sys.stderr)
     return 1 if failed else 3 if busy or taken else 0
+
+
+def _check_run_settings() -> None:
+    """Read the settings the runs read, up front: a wrong one stops the command with one line (ConfigError)
+    rather than failing every partition's run on it."""
+    ClientSettings.from_env()
+    stale_after_from_env()
+    default_time_budget()
 
 
 def _print_busy(municipalities: list[str]) -> None:
@@ -179,6 +188,7 @@ def _until_free(store, municipality: str, wait: bool) -> bool:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    _check_run_settings()
     instance = dagster_instance()
     partitions = _partitions(instance, args)
     failures = 0
@@ -311,6 +321,8 @@ def _register(instance: dg.DagsterInstance, subdomains: list[str]) -> list[str]:
 
 
 def _print_jobs(partitions: list[tuple[str, str]] | None) -> None:
+    from .sensors import settle_dead_runs  # imported late: it reads the sensors' settings (ConfigError is caught)
+
     store = open_store(database_url_from_env())
     settle_dead_runs(dagster_instance(), store)
     jobs = store.jobs()

@@ -50,8 +50,11 @@ class ConfigError(ValueError):
     """An environment variable with a value it cannot have; the message names it."""
 
 
+MAX_SECONDS = 366 * 24 * 3600.0  # a year: more would overflow the waits it ends up in (time.sleep(1e20))
+
+
 def seconds_from_env(name: str, default: float | None, *, above_zero: bool = False) -> float | None:
-    """A duration from the environment: a finite number of seconds >= 0 (> 0 if `above_zero`)."""
+    """A duration from the environment: a number of seconds >= 0 (> 0 if `above_zero`), at most a year."""
     value = os.environ.get(name)
     if not value:
         return default
@@ -59,13 +62,15 @@ def seconds_from_env(name: str, default: float | None, *, above_zero: bool = Fal
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not 0 <= seconds < math.inf or (above_zero and seconds == 0):  # NaN too
-        raise ConfigError(f"{name} must be a number of seconds {'>' if above_zero else '>='} 0, got {value!r}")
+    if not 0 <= seconds <= MAX_SECONDS or (above_zero and seconds == 0):  # NaN too
+        raise ConfigError(f"{name} must be a number of seconds {'>' if above_zero else '>='} 0 (at most a year), got {value!r}")
     return seconds
 
 
 def whole_number_from_env(name: str, default: int, *, minimum: int = 1) -> int:
-    value = os.environ.get(name) or str(default)
+    value = os.environ.get(name)
+    if not value:
+        return default
     try:
         number = int(value)
     except ValueError:

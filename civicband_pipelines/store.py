@@ -37,9 +37,7 @@ class SyncStart:
     @property
     def filters(self) -> dict[str, str]:
         """Datasette filters selecting the rows this sync covers."""
-        if self.window is None:
-            return {}
-        return {"date__gte": self.window[0].isoformat(), "date__lte": self.window[1].isoformat()}
+        return {} if self.window is None else {"date__gte": self.window[0].isoformat(), "date__lte": self.window[1].isoformat()}
 
 
 @dataclass(frozen=True)
@@ -199,7 +197,8 @@ class MeetingStore:
             if records:
                 created, updated, unchanged = self._write_pages(conn, municipality, document_type, sync, records)
             if rejections:
-                conn.execute(self._upsert_rejections(), [_rejection_values(partition, r) for r in _dedupe_rejections(rejections)])
+                unique = {r.upstream_id: r for r in rejections}.values()  # one statement touches a row once
+                conn.execute(self._upsert_rejections(), [_rejection_values(partition, r) for r in unique])
             counts = BatchCounts(created, updated, unchanged, len(rejections))
             if next_cursor is None:
                 counts = dataclasses.replace(counts, deleted=self._finish(conn, municipality, document_type, sync, created))
@@ -318,21 +317,24 @@ class MeetingStore:
         with self.engine.connect() as conn:
             return {row.municipality: dict(row._mapping) for row in conn.execute(sa.select(sync_leases))}
 
-    def iter_page_ids(self, municipality: str, document_type: str) -> Iterator[tuple]:
-        """(upstream_id, meeting_name, meeting_date, (page_image, entities_json, votes_json)) of every
-        local page, in upstream's id order: what verification compares (the id stands for the text)."""
+    def iter_page_ids(self, municipality: str, document_type: str, chunk_rows: int = 5000) -> Iterator[tuple]:
+        """(upstream_id, meeting_name, meeting_date, (page_image, entities_json, votes_json)) of every local
+        page in upstream's id order, for verification; read in chunks, each a short read: a deep check can
+        take hours (without the service secret), and one long read holds off SQLite's WAL reset and vacuum."""
         pages = meeting_pages.c
-        postgres = self.engine.dialect.name == "postgresql"
-        order = pages.upstream_id.collate("C") if postgres else pages.upstream_id  # byte order, as SQLite sorts
-        query = (
-            sa.select(pages.upstream_id, pages.meeting_name, pages.meeting_date,
-                      pages.page_image, pages.entities_json, pages.votes_json)
-            .where(*_in_partition(meeting_pages, municipality, document_type))
-            .order_by(order)
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
-            yield from ((upstream_id, meeting, date, tuple(compared)) for upstream_id, meeting, date, *compared in rows)
+        by_id = pages.upstream_id.collate("C") if self.engine.dialect.name == "postgresql" else pages.upstream_id
+        query = (sa.select(pages.upstream_id, pages.meeting_name, pages.meeting_date, pages.page_image,
+                           pages.entities_json, pages.votes_json, pages.id)
+                 .where(*_in_partition(meeting_pages, municipality, document_type))
+                 .order_by(by_id, pages.id).limit(chunk_rows))  # byte order, as SQLite sorts; ids repeat
+        after = ()
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.where(*after)).all()
+            yield from ((upstream_id, meeting, date, tuple(compared)) for upstream_id, meeting, date, *compared, _ in rows)
+            if len(rows) < chunk_rows:
+                return
+            after = (sa.tuple_(by_id, pages.id) > (rows[-1].upstream_id, rows[-1].id),)  # the next chunk
 
     def rejected_ids(self, municipality: str, document_type: str) -> set[str]:
         query = sa.select(rejected_rows.c.upstream_id).where(*_in_partition(rejected_rows, municipality, document_type))
@@ -490,10 +492,6 @@ def _dedupe_by_key(records: list[PageRecord]) -> tuple[list[PageRecord], list[Re
         if record is not kept and record.upstream_id != kept.upstream_id:
             duplicates.append(duplicate_rejection(record, kept))
     return list(unique.values()), duplicates
-
-
-def _dedupe_rejections(rejections: list[Rejection]) -> list[Rejection]:
-    return list({r.upstream_id: r for r in rejections}.values())
 
 
 def _rejection_values(partition: dict, rejection: Rejection) -> dict:

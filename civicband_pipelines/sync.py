@@ -20,7 +20,8 @@ from .store import DEFAULT_BATCH_SIZES, BatchCounts, MeetingStore
 MAX_BATCH_SIZE = 10_000  # the batch is held in memory until its commit
 BATCH_SIZE_HELP = (
     f"Rows per commit (a checkpoint), fetched in pages of at most {MAX_PAGE_SIZE}: 1-{MAX_BATCH_SIZE}; default "
-    f"{DEFAULT_BATCH_SIZES['sqlite']} on SQLite, {DEFAULT_BATCH_SIZES['postgresql']} on PostgreSQL."
+    f"{DEFAULT_BATCH_SIZES['sqlite']} on SQLite, {DEFAULT_BATCH_SIZES['postgresql']} on PostgreSQL "
+    "(a tenth of the rows without the service secret: civic.band's pages then hold at most 100)."
 )
 DEFAULT_WINDOW_DAYS = 180  # incremental syncs cover meeting dates within this many days of today
 MODES = ("full", "incremental")

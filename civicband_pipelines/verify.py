@@ -67,10 +67,13 @@ def verify_counts(client: CivicBandClient, store: MeetingStore, municipality: st
     )
 
 
-def verify_ids(client: CivicBandClient, store: MeetingStore, municipality: str, document_type: str) -> Verification:
+def verify_ids(
+    client: CivicBandClient, store: MeetingStore, municipality: str, document_type: str, counted: Verification | None = None,
+) -> Verification:
     """Compare upstream and local pages by id (streamed, both in id order), with the image, entities and
-    votes that the id does not stand for, and say which documents differ."""
-    result = verify_counts(client, store, municipality, document_type)
+    votes that the id does not stand for, and say which documents differ. `counted`: the partition's
+    verify_counts just now, if the caller has it (one upstream count request fewer)."""
+    result = counted or verify_counts(client, store, municipality, document_type)
     result.deep = True
     rejected = store.rejected_ids(municipality, document_type)
     upstream = _upstream_ids(client, municipality, document_type, rejected, result)

@@ -205,7 +205,8 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number. An int is always finite (math.isfinite would overflow on 10**400)."""
+    return _is_int(value) or isinstance(value, float) and math.isfinite(value)
 
 
 def _reply(stored: dict) -> dict:

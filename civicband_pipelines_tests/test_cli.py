@@ -213,7 +213,20 @@ def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
 def test_a_wrong_setting_is_one_line_naming_it_and_a_relative_home_works(cli_env, tmp_path, municipality):
     wrong = civicband({**cli_env, "CIVICBAND_HTTP_TIMEOUT": "abc"}, "municipalities", "add", municipality)
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
-    assert wrong.stderr.splitlines()[-1] == "error: CIVICBAND_HTTP_TIMEOUT must be a number of seconds > 0, got 'abc'"
+    assert wrong.stderr.splitlines()[-1] == "error: CIVICBAND_HTTP_TIMEOUT must be a number of seconds > 0 (at most a year), got 'abc'"
+    # The sensors' settings too, though only the code location and `status` read them.
+    for name, command in (("CIVICBAND_MAX_REPAIRS", ["status"]),
+                          ("CIVICBAND_SENSOR_INTERVAL_SECONDS", ["backfill", f"--subdomain={municipality}"])):
+        wrong = civicband({**cli_env, name: "abc"}, *command)
+        assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+        assert wrong.stderr.splitlines()[-1].startswith(f"error: {name} must be a whole number"), wrong.stderr
+    # Settings only the runs read stop the command before any run, not each run on its own.
+    assert civicband(cli_env, "municipalities", "add", municipality).returncode == 0
+    for name, command in (("CIVICBAND_HTTP_TIMEOUT", "backfill"), ("CIVICBAND_LEASE_STALE_SECONDS", "backfill"),
+                          ("CIVICBAND_TIME_BUDGET_SECONDS", "backfill"), ("CIVICBAND_HTTP_RETRIES", "verify")):
+        wrong = civicband({**cli_env, name: "-1"}, command, "--subdomain=all")
+        assert wrong.returncode == 2 and wrong.stderr.splitlines()[-1].startswith(f"error: {name} must be"), wrong.stderr
+        assert "FAILED" not in wrong.stderr and "ERROR" not in wrong.stdout + wrong.stderr
     relative = {k: v for k, v in cli_env.items() if k not in ("DAGSTER_HOME", "CIVICBAND_DATABASE_URL")}
     status = civicband({**relative, "CIVICBAND_HOME": "home-here"}, "status", cwd=tmp_path)
     assert status.returncode == 0, status.stderr  # DAGSTER_HOME is made from it, and must be absolute

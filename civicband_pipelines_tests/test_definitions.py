@@ -78,12 +78,15 @@ def test_materialization_records_metadata_and_the_check_passes(instance, resourc
     assert job["verified_ok"] is True and job["expected_count"] == job["actual_count"] + 5
 
 
-def test_failing_check_lands_in_the_job_table_and_names_documents(instance, resources, store, municipality):
+def test_failing_check_lands_in_the_job_table_and_names_documents(instance, resources, store, replica, municipality):
     instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
     assert run_job("meeting_pages_job", instance, resources, municipality, "minutes").success
     victims = [p["upstream_id"] for p in list(store.iter_pages(municipality, "minutes"))[:2]]
     delete_local_pages(store, municipality, "minutes", victims)
+    replica.reset_stats()
     result = run_job("verify_job", instance, resources, municipality, "minutes")
+    counts = sum(n for path, n in replica.fault_stats()["paths"].items() if path.endswith("/-/query.json"))
+    assert counts == 1, "the comparison by id reuses the count that found the mismatch"
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["missing"].value == 2
     assert "missing" in evaluation.metadata["missing_documents"].value

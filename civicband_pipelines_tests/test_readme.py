@@ -5,6 +5,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,3 +27,13 @@ def test_demo_backfills_and_verifies_every_demo_partition(tmp_path):
     assert len(actual) == 8
     with contextlib.closing(sqlite3.connect(tmp_path / "demo" / "meetings.db")) as conn:  # the store it documents
         assert conn.execute("SELECT count(*) FROM meeting_pages").fetchone()[0] == sum(actual) > 0
+    # The UI command it prints sees the demo's instance and store: coverage_report, materialized with that
+    # command's settings, has the 8 partitions it verified.
+    hint = done.stdout.strip().splitlines()[-1].split()
+    settings = dict(word.split("=", 1) for word in hint[:hint.index(".venv/bin/dagster")])
+    assert set(settings) == {"CIVICBAND_HOME", "CIVICBAND_DATABASE_URL", "DAGSTER_HOME"}
+    report = subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "--select", "coverage_report",
+                             *hint[hint.index("-m"):]], env=env | settings, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = (Path(settings["CIVICBAND_HOME"]) / "coverage.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and all(",True," in row for row in rows[1:]), rows

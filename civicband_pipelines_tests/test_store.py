@@ -5,6 +5,7 @@ import json
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from civicband_pipelines.page_writes import COLUMNS, write_pages
 from civicband_pipelines.rows import PageRecord, parse_rows
@@ -218,3 +219,25 @@ def test_postgresql_commits_webhook_events_in_id_order_so_the_sensor_cursor_skip
             second.join(60)
     assert ids["first.ca"] < ids["second.ca"]
     assert [e["id"] for e in store.webhook_events_after(0)] == [ids["first.ca"], ids["second.ca"]]
+
+
+def test_page_ids_come_in_byte_order_in_short_reads_that_hold_no_transaction_open(store):
+    ids = ["b", "a", "é", "Z", "a", "ä", "0", "b", "~"]  # repeats across chunk boundaries, non-ASCII
+    write(store, [page(n, upstream_id=upstream_id) for n, upstream_id in enumerate(ids, start=1)])
+    pages = store.iter_page_ids(M, D, chunk_rows=2)
+    first = [next(pages) for _ in range(3)]  # suspended inside the second chunk
+    assert _no_read_held_open(store)
+    rest = list(pages)
+    assert [p[0] for p in first + rest] == sorted(ids, key=lambda i: i.encode())
+    assert [p[0] for p in first + rest] == [p[0] for p in store.iter_page_ids(M, D)]  # one chunk: the same
+
+
+def _no_read_held_open(store) -> bool:
+    """PostgreSQL: no session idle in a transaction; SQLite: a truncating checkpoint finds no reader."""
+    other = store.start_sync("other.ca", D, restart=True, run_id=None)
+    store.write_batch("other.ca", D, other, [page(1)], [], "c1")  # something in SQLite's WAL to check point
+    with store.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            return not conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                            " AND state LIKE 'idle in transaction%'")).scalar()
+        return conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()[0] == 0

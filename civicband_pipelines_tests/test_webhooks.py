@@ -151,6 +151,7 @@ def test_auth_is_checked_before_the_body(http, wh_store):
         (json.dumps(OAKLAND | {"pages": 2**64}), "pages"),
         (json.dumps(OAKLAND | {"latitude": 91}), "latitude"),
         (json.dumps(OAKLAND | {"latitude": True}), "latitude"),
+        (json.dumps(OAKLAND | {"latitude": 10**400}), "latitude"),  # too large for a float
         (json.dumps(OAKLAND | {"longitude": "-122"}), "longitude"),
         (json.dumps(OAKLAND | {"longitude": -180.5}), "longitude"),
         (json.dumps(OAKLAND | {"last_updated": "yesterday"}), "last_updated"),

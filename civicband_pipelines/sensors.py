@@ -1,5 +1,7 @@
 """Sensors that turn stored facts into runs: webhook events, paused syncs, failed verifications."""
 
+import hashlib
+
 import dagster as dg
 
 from .assets import TRIGGER_TAG, report_dead_run
@@ -110,7 +112,9 @@ def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[
 def _followup(job: dict) -> dg.RunRequest | None:
     municipality, document_type = job["municipality"], job["document_type"]
     if job["status"] == "paused" and (job["last_error"] or "").startswith(BUDGET_PAUSE):
-        key = f"continue-{job['sync_generation']}-{job['pages_fetched']}"
+        # Keyed by where it resumes: batches of an incremental sync (ranges of ids) can be empty.
+        at = hashlib.sha256((job["last_cursor"] or "").encode()).hexdigest()[:12]
+        key = f"continue-{job['sync_generation']}-{job['pages_fetched']}-{at}"
         return _sync_request(municipality, document_type, key, "continuation", mode=job["mode"])
     if job["status"] == "completed" and job["verified_ok"] is False and job["repair_attempts"] < MAX_REPAIRS:
         key = f"repair-{job['verified_at'].isoformat()}"

@@ -213,3 +213,22 @@ def test_a_repair_is_counted_once_while_its_run_is_unfinished_and_sensor_runs_wa
     for _ in range(3):
         assert not sync_followup_sensor(context()).run_requests
     assert store.job("oakland.ca", "agenda")["repair_attempts"] == 1
+
+
+def test_a_continuation_that_moved_the_cursor_without_new_pages_is_continued_again(instance, store, store_url):
+    """Batches of an incremental sync through ranges of ids can be empty: a continuation may pause on
+    its budget with the cursor further on but no page more. It is continued all the same."""
+    context = lambda: dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})  # noqa: E731
+    keys = []
+    for cursor in ("c1", "c2"):  # the same pages fetched (none), the cursor moved on
+        start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=None)
+        store.write_batch("oakland.ca", "agenda", start, [], [], cursor)
+        store.stop_sync("oakland.ca", "agenda", start, "paused", "time budget of 60 s reached")
+        (continuation,) = sync_followup_sensor(context()).run_requests
+        assert continuation.tags["civicband/trigger"] == "continuation"
+        keys.append(continuation.run_key)
+        instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.SUCCESS,
+                                       tags=partition_tags("oakland.ca", "agenda")
+                                       | {"dagster/run_key": continuation.run_key, "dagster/sensor_name": "sync_followup_sensor"}))
+    assert keys[0] != keys[1]
+    assert not sync_followup_sensor(context()).run_requests  # the same pause is continued once

@@ -20,7 +20,15 @@ def create_store_engine(url: str) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    keepalives = {k: v for k, v in POSTGRES_KEEPALIVES.items() if k not in sa.engine.make_url(url).query}
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=keepalives)
+
+
+# TCP keepalives (libpq options; the URL's own win): a sync's lock connection (leases.py) sits idle for
+# hours, and a NAT or load balancer that drops idle flows silently would leave the server holding the
+# municipality's lock for its own keepalive time (2 h), and the sync's unlock at its end hanging.
+POSTGRES_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 60, "keepalives_interval": 10, "keepalives_count": 6,
+                       "tcp_user_timeout": 120_000}
 
 
 # Page cache of a connection (KiB; SQLite's default is 2 MB), filled only as pages are touched. A

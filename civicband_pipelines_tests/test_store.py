@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from civicband_pipelines.page_writes import COLUMNS, write_pages
 from civicband_pipelines.rows import PageRecord, parse_rows
 from civicband_pipelines.schema import backfill_jobs
-from civicband_pipelines.store import utcnow
+from civicband_pipelines.store import MeetingStore, utcnow
 
 from .conftest import commit_held, wait_for_a_lock_wait
 
@@ -241,3 +241,16 @@ def _no_read_held_open(store) -> bool:
             return not conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                                             " AND state LIKE 'idle in transaction%'")).scalar()
         return conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()[0] == 0
+
+
+def test_postgresql_connections_keep_idle_flows_alive_unless_the_url_says_otherwise(postgres_store):
+    def options(store) -> dict:
+        with store.engine.connect() as conn:
+            return conn.connection.dbapi_connection.info.dsn_parameters
+
+    assert options(postgres_store) | {"keepalives_idle": "60", "tcp_user_timeout": "120000"} == options(postgres_store)
+    own = MeetingStore(postgres_store.engine.url.update_query_dict({"keepalives_idle": "30"}).render_as_string(False))
+    try:
+        assert options(own)["keepalives_idle"] == "30" and options(own)["keepalives_count"] == "6"
+    finally:
+        own.dispose()

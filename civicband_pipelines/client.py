@@ -186,8 +186,8 @@ class CivicBandClient:
 def _ends_where_paging_cannot_go_on(rows: list, size: int, next_cursor: str | None) -> bool:
     """Datasette pages on after the last row's id. After a NULL one its next is "None" (`id > 'None'`
     skips every id starting with a digit); after an empty one there is none, so a full page looks last
-    (full at `size` rows, or at civic.band's silent cap without the service secret: with it too, since a
-    secret civic.band does not take caps silently as well, and a page wrongly taken as last loses rows)."""
+    (full at `size` rows, or at 100, civic.band's silent cap without the service secret; assumed with a
+    secret too: a secret civic.band refuses is capped as silently, and a page taken as last loses rows)."""
     last_id = rows[-1].get("id") if rows and isinstance(rows[-1], dict) else "-"
     full = len(rows) >= min(size, PUBLIC_PAGE_SIZE)
     return (last_id is None and next_cursor is not None) or (last_id == "" and next_cursor is None and full)

@@ -222,8 +222,7 @@ def test_a_wrong_setting_is_one_line_naming_it_and_a_relative_home_works(cli_env
         assert wrong.stderr.splitlines()[-1].startswith(f"error: {name} must be a whole number"), wrong.stderr
     # Settings only the runs read stop the command before any run, not each run on its own.
     assert civicband(cli_env, "municipalities", "add", municipality).returncode == 0
-    for name, command in (("CIVICBAND_HTTP_TIMEOUT", "backfill"), ("CIVICBAND_LEASE_STALE_SECONDS", "backfill"),
-                          ("CIVICBAND_HTTP_BACKOFF", "backfill"), ("CIVICBAND_HTTP_RETRIES", "verify")):
+    for name, command in (("CIVICBAND_LEASE_STALE_SECONDS", "backfill"), ("CIVICBAND_HTTP_RETRIES", "verify")):
         wrong = civicband({**cli_env, name: "-1"}, command, "--subdomain=all")
         assert wrong.returncode == 2 and wrong.stderr.splitlines()[-1].startswith(f"error: {name} must be"), wrong.stderr
         assert "FAILED" not in wrong.stderr and "ERROR" not in wrong.stdout + wrong.stderr

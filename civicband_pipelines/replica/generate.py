@@ -281,15 +281,16 @@ def delete_documents(db_path, kind: str, n: int, seed: int = 0) -> Change:
 
 
 def add_documents(db_path, kind: str, n: int, pages=5, dates_near_today: bool = True,
-                  seed: int = 0) -> Change:
-    """Add n new documents (pages: int or (lo, hi)); recent dates unless dates_near_today=False."""
+                  seed: int = 0, avoid=()) -> Change:
+    """Add n new documents (pages: int or (lo, hi)); recent dates unless dates_near_today=False; none of
+    the (meeting, date) pairs in `avoid` (say, documents just deleted: one re-added would be changed)."""
     table, change = TABLES[kind], Change()
     conn, rng, maker = _mutation_context(db_path, seed)
     lo, hi = (pages, pages) if isinstance(pages, int) else pages
     today = dt.date.today()
     start = today - dt.timedelta(days=30 if dates_near_today else 5 * 365)
     end = today if dates_near_today else today - dt.timedelta(days=365)
-    existing = set(conn.execute(f"SELECT DISTINCT meeting, date FROM {table}").fetchall())
+    existing = set(conn.execute(f"SELECT DISTINCT meeting, date FROM {table}").fetchall()) | set(avoid)
     with conn:
         while len(change.documents) < n:
             day = start + dt.timedelta(rng.randint(0, (end - start).days))

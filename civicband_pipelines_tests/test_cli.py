@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -124,7 +125,7 @@ def test_a_suspended_sync_whose_lease_was_taken_over_stops_without_writing(cli_e
     try:
         wait_until(lambda: (store.job(municipality, "agenda") or {}).get("pages_fetched", 0) >= 70, what="70 pages")
         assert frozen.poll() is None, "the sync ended before it could be suspended"
-        _suspend_outside_a_write(frozen, store_url)
+        _suspend_outside_a_write(frozen, store_url, cli_env["DAGSTER_HOME"])
         replica.clear_faults()
         if store_url.startswith("sqlite"):
             wait_until(lambda: active_lease(store, municipality, 3) is None, what="the frozen sync's lease to go stale")
@@ -146,20 +147,24 @@ def test_a_suspended_sync_whose_lease_was_taken_over_stops_without_writing(cli_e
     assert_equals_upstream(store, replica_root, municipality, "agenda")
 
 
-def _suspend_outside_a_write(process: subprocess.Popen, store_url: str) -> None:
-    """SIGSTOP the process, at a moment it holds no SQLite write lock (which would block everyone)."""
+def _suspend_outside_a_write(process: subprocess.Popen, store_url: str, dagster_home: str) -> None:
+    """SIGSTOP the process at a moment it holds no lock on an SQLite file another process must write:
+    the meetings store, and the Dagster instance's databases, where the next CLI records its run."""
+    store = [store_url.removeprefix("sqlite:///")] if store_url.startswith("sqlite") else []
     while True:
         process.send_signal(signal.SIGSTOP)
-        if not store_url.startswith("sqlite") or _sqlite_writable(store_url.removeprefix("sqlite:///")):
+        if all(_sqlite_writable(path) for path in store + sorted(Path(dagster_home).rglob("*.db"))):
             return
         process.send_signal(signal.SIGCONT)
         time.sleep(0.01)  # let it finish its transaction
 
 
-def _sqlite_writable(path: str) -> bool:
+def _sqlite_writable(path) -> bool:
+    """No other connection holds a lock that a write waits for: EXCLUSIVE also finds the readers of a
+    database in rollback-journal mode (in WAL mode it is the same as IMMEDIATE)."""
     connection = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
-        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("BEGIN EXCLUSIVE")
         connection.execute("ROLLBACK")
         return True
     except sqlite3.OperationalError:

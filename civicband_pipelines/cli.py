@@ -208,6 +208,8 @@ def _verification_line(partition: tuple[str, str], evaluation) -> str:
     name = "/".join(partition)
     if evaluation is None:
         return f"{name}: ERROR could not verify (see the run's logs)"
+    if "expected" not in evaluation.metadata:  # not compared: the partition's sync is unfinished
+        return f"{name}: {evaluation.description}"
     meta = {k: v.value for k, v in evaluation.metadata.items()}
     line = (f"{name}: {'OK' if evaluation.passed else 'MISMATCH'} expected {meta['expected']}, actual {meta['actual']}, "
             f"rejected {meta['rejected']}, missing {meta['missing']}, extra {meta['extra']}")

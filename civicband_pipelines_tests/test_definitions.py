@@ -62,6 +62,27 @@ def test_the_cli_counts_a_run_as_synced_only_if_its_own_sync_completed(instance,
     assert _completed(done)
 
 
+def test_a_paused_sync_is_not_verified_until_it_completes(instance, resources, store, replica, municipality):
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    budget = {"ops": {"meeting_pages": {"config": {"batch_size": 50, "time_budget_seconds": 0.001}}}}
+    replica.reset_stats()
+    paused = run_job("meeting_pages_job", instance, resources, municipality, "agenda", budget)
+    assert paused.success and store.job(municipality, "agenda")["status"] == "paused"
+    (evaluation,) = paused.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.description.startswith("NOT VERIFIED: its full sync is paused (50 pages fetched so far)")
+    # No count of upstream (each check starts with one), so no comparison page by page either.
+    paths = replica.fault_stats()["paths"]
+    assert not any(path.endswith("/-/query.json") for path in paths), paths
+    assert store.job(municipality, "agenda")["verified_at"] is None
+    from civicband_pipelines.cli import _verification_line  # `civicband verify` says so too
+
+    assert _verification_line((municipality, "agenda"), evaluation) == f"{municipality}/agenda: {evaluation.description}"
+    done = run_job("meeting_pages_job", instance, resources, municipality, "agenda")
+    (evaluation,) = done.get_asset_check_evaluations()
+    assert evaluation.passed and store.job(municipality, "agenda")["verified_ok"] is True
+
+
 def test_materialization_records_metadata_and_the_check_passes(instance, resources, store, replica_root, municipality):
     instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
     result = run_job("meeting_pages_job", instance, resources, municipality, "agenda",

@@ -7,7 +7,7 @@ import json
 import logging
 import secrets
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -45,7 +45,8 @@ class RateLimited(TransientError):
     """civic.band's 402: over 15 requests a minute without the service secret."""
 
 
-RETRYABLE = (TransientError, httpx.TimeoutException, httpx.TransportError)
+# DecodingError: a body that fails to decompress, broken like a truncated one.
+RETRYABLE = (TransientError, httpx.TimeoutException, httpx.TransportError, httpx.DecodingError)
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,8 @@ class CivicBandClient:
         range_end = _id_range_end(cursor, id_ranges)
         if range_end is not None:
             params.append(("id__lte", range_end))
-        body = self._get_json(subdomain, f"/meetings/{TABLES[document_type]}.json", params)
-        rows, next_cursor = body.get("rows"), body.get("next")
-        if not isinstance(rows, list) or not (next_cursor is None or isinstance(next_cursor, str)):
-            raise TransientError("malformed page: 'rows' is not a list or 'next' is not a string")
+        path = f"/meetings/{TABLES[document_type]}.json"
+        rows, next_cursor = self._get_json(subdomain, path, params, lambda body: _page_parts(body, cursor))
         if _ends_where_paging_cannot_go_on(rows, size, next_cursor):
             raise UpstreamError(
                 f"{subdomain}/{document_type}: a page of {len(rows)} rows ends in a row without an id, and paging cannot "
@@ -135,11 +134,7 @@ class CivicBandClient:
 
     def query(self, subdomain: str, sql: str) -> list[dict]:
         """Rows of a read-only SQL query (civic.band allows SQL; used for exact counts)."""
-        body = self._get_json(subdomain, "/meetings/-/query.json", [("sql", sql), ("_size", "max")])
-        rows = body.get("rows")
-        if not isinstance(rows, list):
-            raise TransientError("malformed query answer: 'rows' is not a list")
-        return rows
+        return self._get_json(subdomain, "/meetings/-/query.json", [("sql", sql), ("_size", "max")], _query_rows)
 
     def count(self, subdomain: str, document_type: str) -> int:
         """Exact row count (`_extra=count` is capped at 10001, so SQL it is)."""
@@ -149,7 +144,8 @@ class CivicBandClient:
         except (IndexError, KeyError, TypeError, ValueError):
             raise TransientError(f"malformed count answer: {rows!r}") from None
 
-    def _get_json(self, subdomain: str, path: str, params: list[tuple[str, str]]) -> dict:
+    def _get_json(self, subdomain: str, path: str, params: list[tuple[str, str]], parts: Callable[[dict], object] | None = None):
+        """The answer's JSON body, or what `parts` takes from it: its TransientError (a broken body) is retried too."""
         url = self.site_url(subdomain) + path
         for attempt in Retrying(
             retry=retry_if_exception_type(RETRYABLE),
@@ -159,7 +155,8 @@ class CivicBandClient:
             reraise=True,
         ):
             with attempt:
-                return self._get_once(subdomain, url, params)
+                body = self._get_once(subdomain, url, params)
+                return parts(body) if parts else body
         raise AssertionError("unreachable")
 
     def _wait(self, state: RetryCallState) -> float:
@@ -183,12 +180,34 @@ class CivicBandClient:
         return body
 
 
+def _query_rows(body: dict) -> list:
+    rows = body.get("rows")
+    if not isinstance(rows, list):
+        raise TransientError("malformed query answer: 'rows' is not a list")
+    return rows
+
+
+def _page_parts(body: dict, cursor: str | None) -> tuple[list, str | None]:
+    """A page's rows and `next`, or TransientError for a broken page. Taken for a good one, a page
+    without `next` (Datasette always sends it: null on the last page) would end the sync early, and
+    the sync would then delete every page after it; so would rows that are not objects (each one
+    rejected); a `next` that does not move on would fetch the same page for ever."""
+    rows, next_cursor = body.get("rows"), body.get("next")
+    if not isinstance(rows, list) or not all(type(row) is dict for row in rows):
+        raise TransientError("malformed page: 'rows' is not a list of objects")
+    if "next" not in body or not (next_cursor is None or isinstance(next_cursor, str)):
+        raise TransientError("malformed page: 'next' is missing or not a string")
+    if next_cursor is not None and next_cursor in ("", cursor):
+        raise TransientError(f"malformed page: 'next' ({next_cursor!r}) does not move on from the cursor {cursor!r}")
+    return rows, next_cursor
+
+
 def _ends_where_paging_cannot_go_on(rows: list, size: int, next_cursor: str | None) -> bool:
     """Datasette pages on after the last row's id. After a NULL one its next is "None" (`id > 'None'`
     skips every id starting with a digit); after an empty one there is none, so a full page looks last
     (full at `size` rows, or at 100, civic.band's silent cap without the service secret; assumed with a
     secret too: a secret civic.band refuses is capped as silently, and a page taken as last loses rows)."""
-    last_id = rows[-1].get("id") if rows and isinstance(rows[-1], dict) else "-"
+    last_id = rows[-1].get("id") if rows else "-"
     full = len(rows) >= min(size, PUBLIC_PAGE_SIZE)
     return (last_id is None and next_cursor is not None) or (last_id == "" and next_cursor is None and full)
 

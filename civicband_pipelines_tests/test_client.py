@@ -16,6 +16,7 @@ from civicband_pipelines.assets import default_time_budget
 from civicband_pipelines.config import ClientSettings, ConfigError
 from civicband_pipelines.leases import stale_after_from_env
 from civicband_pipelines.naming import InvalidSubdomain
+from civicband_pipelines.replica.faults import FAULT_KINDS
 
 from .replica_process import running_replica
 from .upstream import upstream_rows
@@ -75,7 +76,7 @@ def test_other_4xx_fail_at_once_with_the_upstream_message(client, replica, munic
     assert replica.fault_stats()["requests"] == 1
 
 
-@pytest.mark.parametrize("kind", ["error_500", "error_503", "rate_429", "rate_402", "slow", "drop", "truncate", "invalid_body"])
+@pytest.mark.parametrize("kind", FAULT_KINDS)
 def test_each_transient_fault_is_retried_with_backoff(client, replica, municipality, kind):
     replica.set_faults(rate=1.0, kinds=[kind], max_faults=2, retry_after=0, slow_seconds=3.0)
     replica.reset_stats()

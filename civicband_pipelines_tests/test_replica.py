@@ -232,6 +232,15 @@ def test_proxy_transport_faults(own_replica, kind, error):
     assert set(FAULT_KINDS) >= set(stats["plan"]["kinds"])
 
 
+def test_proxy_broken_bodies(own_replica):
+    assert "next" not in _fault_response(own_replica, "no_next").json()
+    rows = _fault_response(own_replica, "array_rows").json()["rows"]
+    assert rows and all(isinstance(row, list) for row in rows)
+    assert _fault_response(own_replica, "stuck_next").json()["next"] == ""  # the first page: no cursor
+    with pytest.raises(httpx.DecodingError):
+        _fault_response(own_replica, "bad_gzip")
+
+
 def test_proxy_rejects_a_bad_plan(own_replica):
     response = httpx.post(own_replica.control_url, json={"rate": 1, "kinds": ["nope"]})
     assert response.status_code == 400

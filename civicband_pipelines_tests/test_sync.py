@@ -3,10 +3,12 @@
 import threading
 import urllib.parse
 
+import httpx
 import pytest
 
-from civicband_pipelines.client import CivicBandClient, UpstreamError
+from civicband_pipelines.client import CivicBandClient, TransientError, UpstreamError
 from civicband_pipelines.naming import DOCUMENT_TYPES
+from civicband_pipelines.replica.faults import BROKEN_BODIES
 from civicband_pipelines.replica.generate import ODD_ROW_REASONS, delete_documents, odd_rows_for, reocr_pages
 from civicband_pipelines.rows import storable_id
 from civicband_pipelines.sync import PREFETCH_PAGES, prefetched_pages, sync_partition
@@ -172,6 +174,23 @@ def test_a_fetch_failing_inside_a_batch_commits_the_pages_before_it(client, stor
     resumed = sync_partition(client, store, big, "agenda", batch_size=3000)
     assert (resumed.resumed_from, resumed.fetched) == (job["last_cursor"], 1500)
     assert_equals_upstream(store, replica_root, big, "agenda")
+
+
+@pytest.mark.parametrize("kind", BROKEN_BODIES)
+def test_a_broken_page_fails_the_sync_and_removes_nothing(client, store, replica, replica_root, municipality, kind):
+    """Taken for good pages, a page without `next` would end the sync there (and it would remove every
+    page after it), rows that are not objects would all be rejected (and their pages removed), and a
+    `next` that does not move on would fetch the same page for ever."""
+    assert sync_partition(client, store, municipality, "agenda", batch_size=20).status == "completed"
+    synced = store.count_pages(municipality, "agenda")
+    replica.set_faults(rate=1.0, kinds=[kind], path_contains="/meetings/agendas")
+    with pytest.raises((TransientError, httpx.DecodingError)):
+        sync_partition(client, store, municipality, "agenda", batch_size=20, restart=True)
+    assert store.job(municipality, "agenda")["status"] == "failed"
+    assert store.count_pages(municipality, "agenda") == synced
+    replica.clear_faults()
+    sync_partition(client, store, municipality, "agenda", batch_size=20)
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
 
 
 def test_rows_without_an_id_that_end_a_page_fail_the_sync_and_remove_nothing(client, store, replica_root):

@@ -15,14 +15,18 @@ import json
 import random
 import re
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import httpx
 
+# The last four answer 200 with the replica's body broken: no `next`, rows as arrays, a `next` that
+# repeats the request's cursor ("" on the first page), or a body that claims gzip and is not.
+BROKEN_BODIES = ("no_next", "array_rows", "stuck_next", "bad_gzip")
 FAULT_KINDS = ("error_500", "error_503", "rate_429", "rate_402", "slow", "drop", "truncate",
-               "invalid_body")
+               "invalid_body", *BROKEN_BODIES)
 CONTROL = "/__faults__"
 TABLE_PAGE = re.compile(r"^/(?P<subdomain>[^/]+)/meetings/(?P<table>[A-Za-z0-9_]+)\.json$")
 # Not forwarded either way (Host is kept, so upstream absolute URLs name the proxy).
@@ -200,6 +204,8 @@ class FaultProxy:
         if fault == "slow":
             await asyncio.sleep(self.plan.slow_seconds)
         status, headers, body = await self._forward(req)
+        if fault in BROKEN_BODIES:
+            headers, body = _broken(fault, req, headers, body)
         if fault == "truncate":  # full Content-Length, half the body, then hang up
             await _write(writer, status, headers, body, req, send_bytes=len(body) // 2)
             return None
@@ -231,6 +237,24 @@ class FaultProxy:
             return 404, b'{"ok": false, "error": "not found"}'
         body = {"ok": True, "plan": dataclasses.asdict(self.plan), **self.stats.as_json()}
         return 200, json.dumps(body).encode()
+
+
+def _broken(fault: str, req: _Request, headers: list, body: bytes) -> tuple[list, bytes]:
+    if fault == "bad_gzip":
+        return [*headers, ("content-encoding", "gzip")], b"\x1f\x8b\x08\x00not gzip at all"
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return headers, body
+    if not isinstance(data, dict):
+        return headers, body
+    if fault == "no_next":
+        data.pop("next", None)
+    elif fault == "array_rows":
+        data["rows"] = [list(row.values()) if isinstance(row, dict) else row for row in data.get("rows") or []]
+    else:  # stuck_next
+        data["next"] = urllib.parse.parse_qs(urllib.parse.urlsplit(req.target).query).get("_next", [""])[0]
+    return headers, json.dumps(data).encode()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> _Request | None:

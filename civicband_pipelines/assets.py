@@ -6,7 +6,7 @@ import dagster as dg
 import pydantic
 
 from .client import UnknownMunicipality, UpstreamError
-from .config import civicband_home, seconds_from_env
+from .config import MAX_SECONDS, civicband_home, seconds_from_env
 from .partitions import meeting_page_partitions, split_partition_key
 from .leases import MunicipalityBusy
 from .naming import TABLES, InvalidSubdomain
@@ -27,11 +27,13 @@ class SyncConfig(dg.Config):
         "full", description="full: the whole table; incremental: meeting dates within window_days of today."
     )
     window_days: int = pydantic.Field(DEFAULT_WINDOW_DAYS, ge=1)
+    # Bounded like the settings: an infinite or huge wait would overflow the sleeps it ends up in.
     time_budget_seconds: float | None = pydantic.Field(
-        None, description="Stop at a checkpoint after this long; a sensor chains a continuation run."
+        None, gt=0, le=MAX_SECONDS, description="Stop at a checkpoint after this long; a sensor chains a continuation run."
     )
     lease_wait_seconds: float = pydantic.Field(
-        DEFAULT_LEASE_WAIT, ge=0, description="How long to wait while another sync (say, the CLI) holds the municipality."
+        DEFAULT_LEASE_WAIT, ge=0, le=MAX_SECONDS,
+        description="How long to wait while another sync (say, the CLI) holds the municipality.",
     )
 
 

@@ -134,7 +134,7 @@ def _validate(data: dict) -> dict:
     for field in ("name", "state", "country", "kind", "last_updated"):
         value = data.get(field)
         if value is not None and not _is_text(value):
-            raise Rejected(400, f"{field} must be a string", field)
+            raise Rejected(400, f"{field} must be a string without NUL characters or lone surrogates", field)
     last_updated = data.get("last_updated")
     if last_updated is not None and not _is_date(last_updated):
         raise Rejected(400, "last_updated must be a YYYY-MM-DD date", "last_updated")

@@ -83,6 +83,16 @@ def test_a_paused_sync_is_not_verified_until_it_completes(instance, resources, s
     assert evaluation.passed and store.job(municipality, "agenda")["verified_ok"] is True
 
 
+@pytest.mark.parametrize("config", [{"lease_wait_seconds": 1e300}, {"lease_wait_seconds": float("inf")},
+                                    {"time_budget_seconds": -5}, {"time_budget_seconds": float("nan")}])
+def test_waits_and_budgets_the_sync_cannot_keep_are_refused_before_it_starts(instance, resources, store, municipality, config):
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    result = run_job("meeting_pages_job", instance, resources, municipality, "agenda", {"ops": {"meeting_pages": {"config": config}}})
+    assert not result.success and store.job(municipality, "agenda") is None
+    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert next(iter(config)) in str(failure.step_failure_data.error)
+
+
 def test_materialization_records_metadata_and_the_check_passes(instance, resources, store, replica_root, municipality):
     instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
     result = run_job("meeting_pages_job", instance, resources, municipality, "agenda",

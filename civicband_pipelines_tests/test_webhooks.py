@@ -177,6 +177,11 @@ def test_bad_bodies_are_400_and_store_nothing(http, wh_store, content, field):
     assert_nothing_stored(wh_store)
 
 
+def test_text_that_no_database_stores_is_named_as_such(http, wh_store):
+    response = send(http, content=json.dumps(OAKLAND | {"name": "a\x00b"}))
+    assert response.json() == {"error": "name must be a string without NUL characters or lone surrogates", "field": "name"}
+
+
 @pytest.mark.parametrize(
     "subdomain", ["Oakland.CA", "evil.com%2F..%2Fx", "a..b", "-x.ca", "x.ca-", "oak%20land.ca", "a_b.ca", "%2E%2E", ""]
 )

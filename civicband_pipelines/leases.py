@@ -111,9 +111,11 @@ class MunicipalityLease:
         self._stop.set()
         if self._heartbeat:
             self._heartbeat.join(timeout=10)
-        with self.store.writer.begin() as conn:
-            conn.execute(sa.delete(sync_leases).where(self._mine()))
-        self._release_advisory_lock()
+        try:
+            with self.store.writer.begin() as conn:
+                conn.execute(sa.delete(sync_leases).where(self._mine()))
+        finally:  # else the pooled session would hold the municipality for the rest of the process
+            self._release_advisory_lock()
 
     def _log(self, level: int, message: str, *args) -> None:
         """To the sync's log (the run's, in Dagster); should that fail (the instance's database away),

@@ -284,18 +284,30 @@ def test_the_heartbeat_outlives_failed_beats_while_the_syncs_own_log_fails_too(s
             wait_until(lambda: store.lease("oakland.ca")["heartbeat_at"] != beat, what="the heartbeat to beat again")
 
 
-def refuse_lease_updates(conn: sa.Connection, refuse: bool) -> None:
-    """A trigger failing every update of sync_leases: the database refusing the heartbeat's writes."""
+def refuse_lease_updates(conn: sa.Connection, refuse: bool, event: str = "UPDATE") -> None:
+    """A trigger failing every update (or `event`) of sync_leases: the database refusing the heartbeat's writes."""
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE UPDATE ON sync_leases BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        conn.exec_driver_sql(f"CREATE TRIGGER refuse BEFORE {event} ON sync_leases BEGIN SELECT RAISE(ABORT, 'refused'); END"
                              if refuse else "DROP TRIGGER refuse")
     elif refuse:
         conn.exec_driver_sql("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ "
                              "LANGUAGE plpgsql")
-        conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE UPDATE ON sync_leases FOR EACH ROW EXECUTE FUNCTION refuse()")
+        conn.exec_driver_sql(f"CREATE TRIGGER refuse BEFORE {event} ON sync_leases FOR EACH ROW EXECUTE FUNCTION refuse()")
     else:
         conn.exec_driver_sql("DROP TRIGGER refuse ON sync_leases")
         conn.exec_driver_sql("DROP FUNCTION refuse()")
+
+
+def test_postgresql_a_lease_whose_row_cannot_be_removed_still_lets_go_of_its_lock(postgres_store):
+    store = postgres_store
+    with pytest.raises(sa.exc.DBAPIError, match="refused"):
+        with MunicipalityLease(store, "oakland.ca", OWNER):
+            with store.writer.begin() as conn:
+                refuse_lease_updates(conn, True, "DELETE")
+    with store.writer.begin() as conn:
+        refuse_lease_updates(conn, False)
+    with MunicipalityLease(store, "oakland.ca", OWNER):  # its row is left, but no session holds the lock
+        assert active_lease(store, "oakland.ca")["run_id"] == "run-1"
 
 
 def test_postgresql_looking_at_a_lease_never_turns_a_sync_away(postgres_store):

@@ -59,29 +59,37 @@ def meeting_pages(
     trigger = context.run.tags.get(TRIGGER_TAG, "ui")
     with civicband.client() as client:
         try:
-            result = sync_partition(
-                client,
-                meeting_store.store(),
-                municipality,
-                document_type,
-                batch_size=config.batch_size,
-                restart=config.restart,
-                mode=config.mode,
-                window_days=config.window_days,
-                # The budget frees run workers; the CLI syncs in the foreground until it is done.
-                time_budget=config.time_budget_seconds or (None if trigger == "cli" else default_time_budget()),
-                trigger=trigger,
-                lease_wait=config.lease_wait_seconds,
-                run_id=context.run_id,
-                on_dead_run=lambda dead: report_dead_run(context.instance, dead, context.partition_key, resumed_by=context.run_id),
-                log=context.log,
-            )
+            def sync(mode: str) -> SyncResult:
+                return sync_partition(
+                    client,
+                    meeting_store.store(),
+                    municipality,
+                    document_type,
+                    batch_size=config.batch_size,
+                    restart=config.restart,
+                    mode=mode,
+                    window_days=config.window_days,
+                    # The budget frees run workers; the CLI syncs in the foreground until it is done.
+                    time_budget=config.time_budget_seconds or (None if trigger == "cli" else default_time_budget()),
+                    trigger=trigger,
+                    lease_wait=config.lease_wait_seconds,
+                    run_id=context.run_id,
+                    on_dead_run=lambda dead: report_dead_run(context.instance, dead, context.partition_key, resumed_by=context.run_id),
+                    log=context.log,
+                )
+
+            result = resumed = sync(config.mode)
+            if trigger == "webhook" and resumed.resumed and resumed.status == "completed":
+                # It went on from its cursor: what the deploy changed behind it is not in it yet.
+                context.log.info("%s: the resumed sync is done; now the incremental sync the webhook asked for", context.partition_key)
+                result = sync("incremental")
         except (UpstreamError, MunicipalityBusy, InvalidSubdomain, LeaseLost) as error:  # a clear message, not a traceback
             hint = " (municipalities added in the UI or by a webhook are not checked against civic.band; `civicband municipalities add` checks)"
             raise dg.Failure(f"{error}{hint if isinstance(error, (UnknownMunicipality, InvalidSubdomain)) else ''}", allow_retries=False) from error
     source = f"{client.site_url(municipality)}/meetings/{TABLES[document_type]}"
     local_pages = meeting_store.store().count_pages(municipality, document_type)
-    return dg.MaterializeResult(metadata=sync_metadata(result, source) | {"dagster/row_count": local_pages})
+    followed = {"resumed_sync": resumed.summary()} if result is not resumed else {}
+    return dg.MaterializeResult(metadata=sync_metadata(result, source) | followed | {"dagster/row_count": local_pages})
 
 
 def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, resumed_by: str | None = None) -> None:

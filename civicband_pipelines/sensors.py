@@ -40,7 +40,7 @@ def webhook_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingSt
         _webhook_run(store, m, d, last_event)
         for m in changed
         for d in DOCUMENT_TYPES
-        if not _has_pending_run(context.instance, m, d)  # a queued run will see the latest upstream anyway
+        if not _queued_sync_stands_in(context.instance, store, m, d)
     ]
     context.log.info("events up to %d: %d new municipalities, %d runs", last_event, len(new), len(requests))
     return dg.SensorResult(
@@ -48,6 +48,19 @@ def webhook_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingSt
         cursor=str(last_event),
         dynamic_partitions_requests=[municipality_partitions.build_add_request(new)] if new else [],
     )
+
+
+def _queued_sync_stands_in(instance: dg.DagsterInstance, store: MeetingStore, municipality: str, document_type: str) -> bool:
+    """A queued sync of the partition will see the latest upstream, so a webhook run would repeat it: unless
+    it goes on with an unfinished sync from its cursor (a continuation, or a UI run while the job is
+    unfinished), which misses what changed behind the cursor. A queued webhook run syncs again after
+    such a sync (assets); a repair starts a new one."""
+    runs = _pending_syncs(instance, municipality, document_type, _PENDING)
+    if not runs:
+        return False
+    job = store.job(municipality, document_type)
+    resumes = job is not None and job["status"] in ("running", "failed", "paused")
+    return any(not resumes or run.tags.get(TRIGGER_TAG) in ("webhook", "repair") for run in runs)
 
 
 def _webhook_run(store: MeetingStore, municipality: str, document_type: str, event_id: int) -> dg.RunRequest:
@@ -74,7 +87,7 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
         # has not run yet (a repair counted twice would shorten the repair budget).
         if (
             request
-            and not _has_pending_run(context.instance, job["municipality"], job["document_type"], _UNFINISHED)
+            and not _pending_syncs(context.instance, job["municipality"], job["document_type"], _UNFINISHED)
             and not _run_key_used(context.instance, request.run_key)
         ):
             if request.tags[TRIGGER_TAG] == "repair":
@@ -135,10 +148,10 @@ def _sync_request(municipality: str, document_type: str, key: str, trigger: str,
     )
 
 
-def _has_pending_run(instance: dg.DagsterInstance, municipality: str, document_type: str, statuses=_PENDING) -> bool:
-    """A sync of the partition waits to start (or, with _UNFINISHED, has not finished)."""
+def _pending_syncs(instance: dg.DagsterInstance, municipality: str, document_type: str, statuses) -> list[dg.DagsterRun]:
+    """The partition's sync runs that wait to start (with _PENDING) or have not finished (_UNFINISHED)."""
     runs_filter = dg.RunsFilter(tags=partition_tags(municipality, document_type), statuses=statuses)
-    return any(_syncs(record.dagster_run) for record in instance.get_run_records(filters=runs_filter))
+    return [record.dagster_run for record in instance.get_run_records(filters=runs_filter) if _syncs(record.dagster_run)]
 
 
 def _run_key_used(instance: dg.DagsterInstance, run_key: str) -> bool:

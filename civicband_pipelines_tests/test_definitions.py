@@ -15,7 +15,7 @@ from civicband_pipelines.resources import CivicBandResource, MeetingStoreResourc
 from civicband_pipelines.sensors import MAX_REPAIRS, sync_followup_sensor, webhook_sensor
 
 from .test_verify import delete_local_pages
-from .upstream import assert_equals_upstream
+from .upstream import assert_equals_upstream, replica_db
 
 
 @pytest.fixture
@@ -31,11 +31,11 @@ def resources(client_settings, store_url):
             "meeting_store": MeetingStoreResource(database_url=store_url)}
 
 
-def run_job(name, instance, resources, municipality, document_type, run_config=None):
+def run_job(name, instance, resources, municipality, document_type, run_config=None, tags=None):
     job = defs.resolve_job_def(name)
     return job.execute_in_process(
         instance=instance, resources=resources, run_config=run_config or {},
-        tags=partition_tags(municipality, document_type), raise_on_error=False,
+        tags=(tags or {}) | partition_tags(municipality, document_type), raise_on_error=False,
     )
 
 
@@ -195,6 +195,41 @@ def test_a_queued_sync_of_the_partition_stands_in_for_a_webhook_run_but_a_queued
     store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 10})
     requested = [r.partition_key for r in _webhook_tick(instance, store_url).run_requests]
     assert sorted(requested) == (sorted(partition_key("oakland.ca", d) for d in DOCUMENT_TYPES) if runs_requested else [])
+
+
+@pytest.mark.parametrize("trigger, runs_requested", [("continuation", True), (None, True), ("webhook", False), ("repair", False)])
+def test_a_queued_sync_that_goes_on_from_a_cursor_does_not_stand_in_for_a_webhook_run(instance, store, store_url, trigger, runs_requested):
+    instance.add_dynamic_partitions(MUNICIPALITY, ["oakland.ca"])
+    for document_type in DOCUMENT_TYPES:  # paused by its time budget: a run resumes it at its cursor
+        store.stop_sync("oakland.ca", document_type, store.start_sync("oakland.ca", document_type, restart=False, run_id=None), "paused", "x")
+        tags = partition_tags("oakland.ca", document_type) | ({"civicband/trigger": trigger} if trigger else {})
+        instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags))
+    store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 10})
+    requested = [r.partition_key for r in _webhook_tick(instance, store_url).run_requests]
+    assert sorted(requested) == (sorted(partition_key("oakland.ca", d) for d in DOCUMENT_TYPES) if runs_requested else [])
+
+
+def test_a_webhook_run_that_resumes_a_sync_then_syncs_what_changed_behind_its_cursor(
+    instance, resources, store, store_url, replica_root, municipality
+):
+    import sqlite3
+
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    budget = {"ops": {"meeting_pages": {"config": {"batch_size": 50, "time_budget_seconds": 0.001}}}}
+    assert run_job("meeting_pages_job", instance, resources, municipality, "agenda", budget).success
+    assert store.job(municipality, "agenda")["status"] == "paused"
+    # The deploy re-OCRs a page behind the cursor, and its new id sorts behind it too: the resumed
+    # sync sees neither, so it keeps the old page, and the counts still match.
+    with sqlite3.connect(replica_db(replica_root, municipality)) as conn:
+        (old,) = conn.execute("SELECT min(id) FROM agendas WHERE length(id) = 12").fetchone()
+        conn.execute("UPDATE agendas SET id = '00000000000a', text = text || ' [re-OCR]' WHERE id = ?", (old,))
+    store.record_webhook(municipality, {"name": "Town", "pages": 1})
+    (request,) = [r for r in _webhook_tick(instance, store_url).run_requests if r.partition_key == partition_key(municipality, "agenda")]
+    config = request.run_config
+    config["ops"]["meeting_pages"]["config"]["window_days"] = 36500  # the replica's dates are years back
+    result = run_job("meeting_pages_job", instance, resources, municipality, "agenda", config, request.tags)
+    assert result.success and store.job(municipality, "agenda")["mode"] == "incremental"
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
 
 
 def test_followup_sensor_repairs_a_failing_partition_a_bounded_number_of_times(instance, store, store_url):

@@ -18,6 +18,7 @@ from .sync import BATCH_SIZE_HELP, DEFAULT_WINDOW_DAYS, MAX_BATCH_SIZE, SyncResu
 # queue (the CLI): wait for it rather than fail.
 DEFAULT_LEASE_WAIT = 30 * 60.0
 TRIGGER_TAG = "civicband/trigger"  # cli / webhook / repair / continuation; UI launches have none
+PROCESS_TAG = "civicband/process"  # host:pid of the `civicband` command that runs a CLI run
 
 
 class SyncConfig(dg.Config):

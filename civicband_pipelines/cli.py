@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 import dagster as dg
 import httpx
 
+from .assets import PROCESS_TAG, TRIGGER_TAG
 from .checks import matches_upstream
 from .client import CivicBandClient, TransientError, UpstreamError
 from .config import ClientSettings, ConfigError, civicband_home, database_url_from_env
@@ -237,7 +239,7 @@ def _run(instance: dg.DagsterInstance, job_name: str, partition: tuple[str, str]
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
         run_config={**run_config, "loggers": {"terminal": {"config": {"log_level": "INFO"}}}},
-        tags={**partition_tags(*partition), "civicband/trigger": "cli"},
+        tags={**partition_tags(*partition), TRIGGER_TAG: "cli", PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"},
         raise_on_error=False,
     )
     # Dagster turns a Ctrl-C during a run into a failed step; it stops the command, not just this partition.

@@ -1,10 +1,12 @@
 """Sensors that turn stored facts into runs: webhook events, paused syncs, failed verifications."""
 
 import hashlib
+import os
+import socket
 
 import dagster as dg
 
-from .assets import TRIGGER_TAG, report_dead_run
+from .assets import PROCESS_TAG, TRIGGER_TAG, report_dead_run
 from .config import whole_number_from_env
 from .leases import WAIT_FOREVER, settle_dead_syncs, settle_dead_waits
 from .naming import DOCUMENT_TYPES
@@ -119,7 +121,30 @@ def settle_dead_runs(instance: dg.DagsterInstance, store: MeetingStore) -> list[
 
     settled = settle_dead_syncs(store, report=report)
     settle_dead_waits(store, report=report)
+    settle_dead_cli_runs(instance)
     return settled
+
+
+def settle_dead_cli_runs(instance: dg.DagsterInstance) -> None:
+    """Report failed the started CLI runs whose `civicband` command, on this host, is gone. One killed
+    outside a sync (in its check step, or `civicband verify`) leaves no lease or wait to go stale, and
+    would hold its municipality's run-queue slot for ever. (Another host's processes can't be seen.)"""
+    runs_filter = dg.RunsFilter(tags={TRIGGER_TAG: "cli"}, statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+    for record in instance.get_run_records(filters=runs_filter):
+        run = record.dagster_run
+        host, _, pid = run.tags.get(PROCESS_TAG, "").rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _is_alive(int(pid)):
+            instance.report_run_failed(run, f"the civicband command that ran it (process {pid} on {host}) is gone")
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _followup(job: dict) -> dg.RunRequest | None:

@@ -172,3 +172,28 @@ def test_burst_during_a_cli_sync_makes_one_run_per_partition_which_survives_a_ki
     assert f"resumed at cursor {dead['last_cursor']!r}" in metadata["resumed_sync"] and metadata["mode"] == "incremental"
     for document_type in DOCUMENT_TYPES:
         assert_equals_upstream(stack.store, replica_root, big, document_type)
+
+
+def test_a_cli_run_killed_outside_a_sync_is_reported_failed_and_frees_the_run_queue(stack, replica, replica_root, big):
+    """A `civicband verify` killed mid-run leaves no lease or wait to go stale; its run, STARTED for
+    ever, would hold the municipality's slot in the run queue, and no webhook run would start again."""
+    before = {r.run_id for r in stack.runs(big)}
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=600, path_contains=f"/{big}/meetings/agendas")
+    holder = stack.start_cli("verify", f"--subdomain={big}", "--document-type=agenda", "--deep")
+    try:
+        stack.wait_for(lambda: replica.fault_stats()["faults"].get("slow"), "the comparison's first request")
+        (cli_run,) = new_runs(stack, big, before)
+        assert cli_run.job_name == "verify_job" and cli_run.status.value == "STARTED"
+    finally:
+        holder.kill()  # SIGKILL: no cleanup of any kind
+        holder.wait()
+    replica.clear_faults()
+    failed = stack.wait_for(lambda: (run := stack.instance.get_run_by_id(cli_run.run_id)).status.value == "FAILURE" and run,
+                            "the follow-up sensor to report the dead CLI run", timeout=120)
+    assert failed.status.value == "FAILURE"
+    event = stack.send_webhook(big, body(big, upstream_pages(replica_root, big) + 100))
+    stack.wait_for_sensor_cursor(event)
+    runs = stack.runs(big, tags={"civicband/event": str(event)})
+    assert len(runs) == len(DOCUMENT_TYPES)
+    for run in stack.wait_until_finished(runs, timeout=300):
+        assert run.status.value == "SUCCESS", stack.run_failure(run.run_id)

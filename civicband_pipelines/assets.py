@@ -7,7 +7,7 @@ import pydantic
 
 from .client import UnknownMunicipality, UpstreamError
 from .config import MAX_SECONDS, civicband_home, seconds_from_env
-from .partitions import meeting_page_partitions, split_partition_key
+from .partitions import MUNICIPALITY, meeting_page_partitions, split_partition_key
 from .leases import MunicipalityBusy
 from .naming import TABLES, InvalidSubdomain
 from .resources import CivicBandResource, MeetingStoreResource
@@ -144,7 +144,7 @@ def coverage_report(context: dg.AssetExecutionContext, meeting_store: MeetingSto
     # Imported here: pandas costs every run worker ~0.2 s of start-up, and only this asset needs it.
     from .coverage import coverage_frame, coverage_summary, coverage_table
 
-    frame = coverage_frame(meeting_store.store())
+    frame = coverage_frame(meeting_store.store(), context.instance.get_dynamic_partitions(MUNICIPALITY))
     path = civicband_home() / "coverage.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)

@@ -1,5 +1,7 @@
 """The coverage report: one row per partition, as a pandas table, UI metadata and a CSV file."""
 
+from collections.abc import Iterable
+
 import dagster as dg
 import pandas as pd
 
@@ -10,9 +12,10 @@ COLUMNS = ["municipality", "document_type", "status", "expected", "actual", "mis
            "last_verified"]
 
 
-def coverage_frame(store: MeetingStore) -> pd.DataFrame:
-    """Every registered partition, synced or not; `missing` is upstream minus local (rejected rows aside),
-    `check_passed` the last check's verdict (it also counts extra and changed pages)."""
+def coverage_frame(store: MeetingStore, partitions: Iterable[str] = ()) -> pd.DataFrame:
+    """Every registered partition, synced or not: municipalities in the store and the `partitions`
+    (Dagster's, which the UI adds to without the store); `missing` is upstream minus local (rejected
+    rows aside), `check_passed` the last check's verdict (it also counts extra and changed pages)."""
     jobs = pd.DataFrame(store.jobs(), columns=[
         "municipality", "document_type", "status", "expected_count", "actual_count", "verified_ok", "finished_at",
         "verified_at",
@@ -21,7 +24,7 @@ def coverage_frame(store: MeetingStore) -> pd.DataFrame:
         [(m, d, n) for (m, d), n in store.rejected_counts().items()], columns=["municipality", "document_type", "rejected"]
     )
     partitions = pd.DataFrame(
-        [(m, d) for m in store.municipality_subdomains() for d in DOCUMENT_TYPES],
+        [(m, d) for m in sorted({*store.municipality_subdomains(), *partitions}) for d in DOCUMENT_TYPES],
         columns=["municipality", "document_type"],
     )
     frame = partitions.merge(jobs, how="outer", on=["municipality", "document_type"])

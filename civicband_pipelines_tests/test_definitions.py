@@ -126,7 +126,7 @@ def test_failing_check_lands_in_the_job_table_and_names_documents(instance, reso
 
 
 def test_coverage_report_lists_every_partition_and_writes_csv(instance, resources, store, municipality, tmp_path):
-    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality, "added-in-the-ui.ca"])  # never in the store
     store.upsert_municipality(municipality, {})
     assert run_job("meeting_pages_job", instance, resources, municipality, "agenda").success
     result = dg.materialize([coverage_report], instance=instance, resources=resources)
@@ -134,6 +134,7 @@ def test_coverage_report_lists_every_partition_and_writes_csv(instance, resource
     rows = {(r.data["municipality"], r.data["document_type"]): r.data for r in metadata["coverage"].value.records}
     assert rows[(municipality, "agenda")]["status"] == "completed" and rows[(municipality, "agenda")]["missing"] == 0
     assert rows[(municipality, "minutes")]["status"] == "never synced"
+    assert {rows[("added-in-the-ui.ca", d)]["status"] for d in DOCUMENT_TYPES} == {"never synced"}
     csv = (tmp_path / "home" / "coverage.csv").read_text()
     assert csv.splitlines()[0] == "municipality,document_type,status,expected,actual,missing,check_passed,last_sync,last_verified"
 

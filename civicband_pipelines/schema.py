@@ -113,7 +113,8 @@ webhook_events = sa.Table(
     sa.Column("action", sa.String(16), nullable=False),  # created / updated
     # pages or last_updated differ from what was stored before: upstream has something new
     sa.Column("changed", sa.Boolean, nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),  # the body as received (JSON)
+    # The accepted fields as JSON: the body less extras named like a municipalities column, popup_data as text.
+    sa.Column("payload", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 

@@ -6,12 +6,13 @@ import email.utils
 import json
 import logging
 import secrets
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_when_event_set
 
 from .config import ClientSettings
 from .naming import TABLES, validate_subdomain
@@ -86,13 +87,14 @@ class CivicBandClient:
         columns: tuple[str, ...] = (),
         filters: dict[str, str] | None = None,
         id_ranges: int = 1,
+        cancel: threading.Event | None = None,
     ) -> Page:
         """One keyset page of a table in primary-key order; `cursor` is the previous page's `next`.
 
         `columns` limits the columns (`_col`), `filters` are Datasette filters such as
         {"date__gte": "2025-01-01"}. `id_ranges` > 1 (see `id_ranges_for`) bounds the request to the
         range of ids its cursor is in; the page that ends a range has no rows of the next, and its
-        `next` is the range's end.
+        `next` is the range's end. Once `cancel` is set, a failed request is not retried.
         """
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise ValueError(f"batch size must be between 1 and {MAX_PAGE_SIZE}, got {size}")
@@ -103,7 +105,7 @@ class CivicBandClient:
         if range_end is not None:
             params.append(("id__lte", range_end))
         path = f"/meetings/{TABLES[document_type]}.json"
-        rows, next_cursor = self._get_json(subdomain, path, params, lambda body: _page_parts(body, cursor))
+        rows, next_cursor = self._get_json(subdomain, path, params, lambda body: _page_parts(body, cursor), cancel)
         if _ends_where_paging_cannot_go_on(rows, size, next_cursor):
             raise UpstreamError(
                 f"{subdomain}/{document_type}: a page of {len(rows)} rows ends in a row without an id, and paging cannot "
@@ -144,12 +146,15 @@ class CivicBandClient:
         except (IndexError, KeyError, TypeError, ValueError):
             raise TransientError(f"malformed count answer: {rows!r}") from None
 
-    def _get_json(self, subdomain: str, path: str, params: list[tuple[str, str]], parts: Callable[[dict], object] | None = None):
-        """The answer's JSON body, or what `parts` takes from it: its TransientError (a broken body) is retried too."""
+    def _get_json(self, subdomain: str, path: str, params: list[tuple[str, str]], parts: Callable[[dict], object] | None = None,
+                  cancel: threading.Event | None = None):
+        """The answer's JSON body, or what `parts` takes from it: its TransientError (a broken body) is retried too.
+        Once `cancel` is set, a failed attempt is not retried (nobody waits for the answer)."""
         url = self.site_url(subdomain) + path
+        stop = stop_after_attempt(self.settings.retries + 1)
         for attempt in Retrying(
             retry=retry_if_exception_type(RETRYABLE),
-            stop=stop_after_attempt(self.settings.retries + 1),
+            stop=stop if cancel is None else stop | stop_when_event_set(cancel),
             wait=self._wait,
             before_sleep=_log_retry,
             reraise=True,

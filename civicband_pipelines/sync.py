@@ -226,7 +226,7 @@ def prefetched_pages(
     has the cursor: upstream never waits for what the caller does with them, as long as the caller
     keeps up (the thread runs at most `depth` + 1 pages ahead of it). A fetch that fails is raised
     here after the pages before it. Closing the generator stops the thread once its current request
-    (with its retries) is done.
+    is done, without retrying it (the client may be closed by then: a retry would only log errors).
     """
     fetched: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -234,7 +234,7 @@ def prefetched_pages(
     def fetch_all(cursor: str | None) -> None:
         try:
             while not stop.is_set():
-                page = client.fetch_page(municipality, document_type, size, cursor, filters=filters, id_ranges=id_ranges)
+                page = client.fetch_page(municipality, document_type, size, cursor, filters=filters, id_ranges=id_ranges, cancel=stop)
                 _hand_over(fetched, page, stop)
                 if page.next_cursor is None:
                     return

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -93,6 +94,22 @@ def test_gives_up_after_its_retries_with_a_clear_error(client_settings, replica,
         with pytest.raises(TransientError, match="HTTP 503"):
             client.fetch_page(municipality, "agenda", 5, None)
     assert replica.fault_stats()["requests"] == 3
+
+
+def test_a_cancelled_fetch_is_not_retried(client, replica, municipality, caplog):
+    """The prefetch thread's request of a sync that has ended: a retry would log an upstream fault (or the
+    closed client's "Bad file descriptor") after the partition is done."""
+    replica.set_faults(rate=1.0, kinds=["error_503"])
+    replica.reset_stats()
+    cancel = threading.Event()
+    cancel.set()
+    with caplog.at_level(logging.WARNING, "civicband_pipelines.client"), pytest.raises(TransientError, match="HTTP 503"):
+        client.fetch_page(municipality, "agenda", 5, None, cancel=cancel)
+    assert replica.fault_stats()["requests"] == 1 and "retry" not in caplog.text
+    cancel.clear()
+    with pytest.raises(TransientError, match="HTTP 503"):  # not cancelled: its retries as ever
+        client.fetch_page(municipality, "agenda", 5, None, cancel=cancel)
+    assert replica.fault_stats()["requests"] == 1 + 4
 
 
 def test_retry_after_is_honoured(client_settings, replica, municipality):

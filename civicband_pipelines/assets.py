@@ -80,8 +80,10 @@ def meeting_pages(
                 )
 
             result = resumed = sync(config.mode)
-            if trigger == "webhook" and resumed.resumed and resumed.status == "completed":
-                # It went on from its cursor: what the deploy changed behind it is not in it yet.
+            if trigger == "webhook" and resumed.resumed and resumed.status == "completed" and _began_before(
+                meeting_store.store(), municipality, document_type, context.run.tags.get("civicband/event")
+            ):
+                # It went on from a cursor it had before the webhook: what the deploy changed behind it is not in it yet.
                 context.log.info("%s: the resumed sync is done; now the incremental sync the webhook asked for", context.partition_key)
                 result = sync("incremental")
         except (UpstreamError, MunicipalityBusy, InvalidSubdomain, LeaseLost) as error:  # a clear message, not a traceback
@@ -91,6 +93,15 @@ def meeting_pages(
     local_pages = meeting_store.store().count_pages(municipality, document_type)
     followed = {"resumed_sync": resumed.summary()} if result is not resumed else {}
     return dg.MaterializeResult(metadata=sync_metadata(result, source) | followed | {"dagster/row_count": local_pages})
+
+
+def _began_before(store, municipality: str, document_type: str, event_id: str | None) -> bool:
+    """The partition's (just completed) sync began before the webhook event was received. Not so for
+    a retry of the webhook's own run (kill -9): the sync it resumed is the webhook's."""
+    events = store.webhook_events_after(int(event_id) - 1, limit=1) if event_id and event_id.isdigit() else []
+    if not events or events[0]["id"] != int(event_id):
+        return True  # unknown: sync again rather than miss the deploy
+    return store.job(municipality, document_type)["started_at"] < events[0]["received_at"]
 
 
 def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, resumed_by: str | None = None) -> None:

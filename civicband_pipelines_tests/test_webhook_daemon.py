@@ -179,10 +179,11 @@ def test_a_cli_run_killed_outside_a_sync_is_reported_failed_and_frees_the_run_qu
     ever, would hold the municipality's slot in the run queue, and no webhook run would start again."""
     before = {r.run_id for r in stack.runs(big)}
     replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=600, path_contains=f"/{big}/meetings/agendas")
+    replica.reset_stats()
     holder = stack.start_cli("verify", f"--subdomain={big}", "--document-type=agenda", "--deep")
     try:
-        stack.wait_for(lambda: replica.fault_stats()["faults"].get("slow"), "the comparison's first request")
-        (cli_run,) = new_runs(stack, big, before)
+        stack.wait_for(lambda: replica.fault_stats()["faults"].get("slow"), "the comparison's first request", timeout=120)
+        (cli_run,) = stack.wait_for(lambda: new_runs(stack, big, before), "the CLI's run")
         assert cli_run.job_name == "verify_job" and cli_run.status.value == "STARTED"
     finally:
         holder.kill()  # SIGKILL: no cleanup of any kind

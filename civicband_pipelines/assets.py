@@ -18,6 +18,7 @@ from .sync import BATCH_SIZE_HELP, DEFAULT_WINDOW_DAYS, MAX_BATCH_SIZE, SyncResu
 # queue (the CLI): wait for it rather than fail.
 DEFAULT_LEASE_WAIT = 30 * 60.0
 TRIGGER_TAG = "civicband/trigger"  # cli / webhook / repair / continuation; UI launches have none
+EVENT_TAG = "civicband/event"  # the webhook event a webhook run answers
 PROCESS_TAG = "civicband/process"  # host:pid of the `civicband` command that runs a CLI run
 
 
@@ -81,7 +82,7 @@ def meeting_pages(
 
             result = resumed = sync(config.mode)
             if trigger == "webhook" and resumed.resumed and resumed.status == "completed" and _began_before(
-                meeting_store.store(), municipality, document_type, context.run.tags.get("civicband/event")
+                meeting_store.store(), municipality, document_type, context.run.tags.get(EVENT_TAG)
             ):
                 # It went on from a cursor it had before the webhook: what the deploy changed behind it is not in it yet.
                 context.log.info("%s: the resumed sync is done; now the incremental sync the webhook asked for", context.partition_key)

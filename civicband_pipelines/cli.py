@@ -18,11 +18,12 @@ from .leases import WAIT_FOREVER, active_lease, refusal, stale_after_from_env
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
 from .resources import open_store
+from .schema import RESUMED_STATUSES
 from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 
 # `running` too: a sync killed before anyone settled it. While its lease is live (it may be alive, or
 # just killed) the municipality is busy: refused, or waited for with --wait.
-RESUMABLE = ("failed", "paused", "running")
+RESUMABLE = RESUMED_STATUSES
 DEEP_HELP = ("compare every page (id, image, entities, votes), not only the counts (a request per 1000 upstream "
              "rows, 100 without the service secret; finds changed pages too)")
 

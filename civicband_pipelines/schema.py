@@ -55,6 +55,8 @@ meeting_pages = sa.Table(
 )
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "paused")
+# A sync of a job in one of these (and with a generation) is resumed at its cursor, not begun anew.
+RESUMED_STATUSES = ("running", "failed", "paused")
 
 backfill_jobs = sa.Table(
     "backfill_jobs",

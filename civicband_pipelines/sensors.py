@@ -6,12 +6,13 @@ import socket
 
 import dagster as dg
 
-from .assets import PROCESS_TAG, TRIGGER_TAG, report_dead_run
+from .assets import EVENT_TAG, PROCESS_TAG, TRIGGER_TAG, report_dead_run
 from .config import whole_number_from_env
 from .leases import WAIT_FOREVER, settle_dead_syncs, settle_dead_waits
 from .naming import DOCUMENT_TYPES
 from .partitions import MUNICIPALITY, municipality_partitions, partition_key, partition_tags
 from .resources import MeetingStoreResource
+from .schema import RESUMED_STATUSES
 from .store import MeetingStore
 from .sync import BUDGET_PAUSE
 
@@ -61,7 +62,7 @@ def _queued_sync_stands_in(instance: dg.DagsterInstance, store: MeetingStore, mu
     if not runs:
         return False
     job = store.job(municipality, document_type)
-    resumes = job is not None and job["status"] in ("running", "failed", "paused")
+    resumes = job is not None and job["status"] in RESUMED_STATUSES
     return any(not resumes or run.tags.get(TRIGGER_TAG) in ("webhook", "repair") for run in runs)
 
 
@@ -143,7 +144,7 @@ def _is_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
+        pass
     return True
 
 
@@ -161,7 +162,7 @@ def _followup(job: dict) -> dg.RunRequest | None:
 
 
 def _sync_request(municipality: str, document_type: str, key: str, trigger: str, *, mode: str, restart: bool = False, event: str | None = None) -> dg.RunRequest:
-    tags = {TRIGGER_TAG: trigger, "civicband/mode": mode} | ({"civicband/event": event} if event else {})
+    tags = {TRIGGER_TAG: trigger, "civicband/mode": mode} | ({EVENT_TAG: event} if event else {})
     # A sensor run that finds its municipality held (by the CLI: the run queue keeps runs apart) waits
     # until it is free: given up, its run key would never be requested again.
     config = {"mode": mode, "restart": restart, "lease_wait_seconds": WAIT_FOREVER}

@@ -17,7 +17,9 @@ from .engines import create_store_engine
 from .migrations import upgrade
 from .page_writes import write_pages
 from .rows import NO_ID, PageRecord, Rejection, duplicate_rejection
-from .schema import backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events
+from .schema import (
+    RESUMED_STATUSES, backfill_jobs, meeting_pages, municipalities, rejected_rows, sync_leases, webhook_events,
+)
 
 @dataclass(frozen=True)
 class SyncStart:
@@ -158,7 +160,7 @@ class MeetingStore:
                 self._insert_job(conn, municipality, document_type)
                 job = self._job_row(conn, municipality, document_type)
             values = {"status": "running", "run_id": run_id, "last_error": None, "updated_at": utcnow()}
-            if job.status in ("running", "failed", "paused") and job.sync_generation > 0 and not restart:
+            if job.status in RESUMED_STATUSES and job.sync_generation > 0 and not restart:
                 saved_window = (job.window_start, job.window_end) if job.mode == "incremental" else None
                 start = SyncStart(job.sync_generation, job.last_cursor, job.last_cursor is not None, job.mode, saved_window,
                                   fresh=bool(job.started_empty), holder=holder)

@@ -18,7 +18,6 @@ from .sync import BATCH_SIZE_HELP, DEFAULT_WINDOW_DAYS, MAX_BATCH_SIZE, SyncResu
 # queue (the CLI): wait for it rather than fail.
 DEFAULT_LEASE_WAIT = 30 * 60.0
 TRIGGER_TAG = "civicband/trigger"  # cli / webhook / repair / continuation; UI launches have none
-EVENT_TAG = "civicband/event"  # the webhook event a webhook run answers
 PROCESS_TAG = "civicband/process"  # host:pid of the `civicband` command that runs a CLI run
 
 
@@ -81,11 +80,9 @@ def meeting_pages(
                 )
 
             result = resumed = sync(config.mode)
-            if trigger == "webhook" and resumed.resumed and resumed.status == "completed" and _began_before(
-                meeting_store.store(), municipality, document_type, context.run.tags.get(EVENT_TAG)
-            ):
-                # It went on from a cursor it had before the webhook: what the deploy changed behind it is not in it yet.
-                context.log.info("%s: the resumed sync is done; now the incremental sync the webhook asked for", context.partition_key)
+            if resumed.resumed and resumed.status == "completed" and _changed_since_it_began(meeting_store.store(), municipality, document_type):
+                # It went on from a cursor it had before a webhook: what the deploy changed behind it is not in it yet.
+                context.log.info("%s: the resumed sync is done; now an incremental sync for the webhook received since it began", context.partition_key)
                 result = sync("incremental")
         except (UpstreamError, MunicipalityBusy, InvalidSubdomain, LeaseLost) as error:  # a clear message, not a traceback
             hint = " (municipalities added in the UI or by a webhook are not checked against civic.band; `civicband municipalities add` checks)"
@@ -96,13 +93,11 @@ def meeting_pages(
     return dg.MaterializeResult(metadata=sync_metadata(result, source) | followed | {"dagster/row_count": local_pages})
 
 
-def _began_before(store, municipality: str, document_type: str, event_id: str | None) -> bool:
-    """The partition's (just completed) sync began before the webhook event was received. Not so for
-    a retry of the webhook's own run (kill -9): the sync it resumed is the webhook's."""
-    events = store.webhook_events_after(int(event_id) - 1, limit=1) if event_id and event_id.isdigit() else []
-    if not events or events[0]["id"] != int(event_id):
-        return True  # unknown: sync again rather than miss the deploy
-    return store.job(municipality, document_type)["started_at"] < events[0]["received_at"]
+def _changed_since_it_began(store, municipality: str, document_type: str) -> bool:
+    """A webhook said upstream changed after the partition's (just completed) sync began, whatever run
+    finished it (the webhook's, a continuation, the UI, the CLI). Not so when the sync was the webhook's
+    own (a run retry after kill -9 resumes it)."""
+    return store.changed_since(municipality, store.job(municipality, document_type)["started_at"])
 
 
 def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, resumed_by: str | None = None) -> None:

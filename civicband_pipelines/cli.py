@@ -1,6 +1,7 @@
 """`civicband`: the command line, mirroring the original `resilient_backfill` management command."""
 
 import argparse
+import fcntl
 import os
 import socket
 import sys
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted: stopped (a sync that was running stopped at its last checkpoint, status paused; "
-              "`civicband backfill --resume` continues it)", file=sys.stderr)
+              "the same command again goes on from there, and syncs what it had not begun)", file=sys.stderr)
         return 130
     except (InvalidSubdomain, UpstreamError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -126,9 +127,10 @@ def _backfill(args: argparse.Namespace) -> int:
         sync_config["batch_size"] = args.batch_size
     failed, taken, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
     ran = [p for p in partitions if p not in taken]
-    _print_jobs(ran)
-    print("\n".join(verifications))
-    print(f"{len(ran) - len(failed)} of {len(ran)} partitions synced and verified")
+    if ran:  # else every one was SKIPPED
+        _print_jobs(ran)
+        print("\n".join(verifications))
+        print(f"{len(ran) - len(failed)} of {len(ran)} partitions synced and verified")
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
     _print_busy(busy)
@@ -294,7 +296,11 @@ def dagster_instance() -> dg.DagsterInstance:
     if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(civicband_home() / "dagster")
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
-    return dg.DagsterInstance.get()
+    # Dagster creates its SQLite storage on first use without a lock: two commands started at once on a
+    # new home would both create its tables ("table runs already exists"). One at a time, then.
+    with open(os.path.join(os.environ["DAGSTER_HOME"], ".civicband-instance.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 def _registered(instance: dg.DagsterInstance) -> list[str]:
@@ -326,14 +332,17 @@ def _register(instance: dg.DagsterInstance, subdomains: list[str]) -> list[str]:
 def _print_jobs(partitions: list[tuple[str, str]] | None) -> None:
     from .sensors import settle_dead_runs  # imported late: it reads the sensors' settings (ConfigError is caught)
 
-    store = open_store(database_url_from_env())
-    settle_dead_runs(dagster_instance(), store)
-    jobs = store.jobs()
-    if partitions is not None:
-        jobs = [j for j in jobs if (j["municipality"], j["document_type"]) in set(partitions)]
+    store, instance = open_store(database_url_from_env()), dagster_instance()
+    settle_dead_runs(instance, store)
+    jobs = {(job["municipality"], job["document_type"]): job for job in store.jobs()}
+    if partitions is None:  # every partition (one never synced has no job yet), and every job
+        registered = instance.get_dynamic_partitions(MUNICIPALITY)
+        partitions = sorted({*jobs, *((m, d) for m in registered for d in DOCUMENT_TYPES)})
     columns = ("municipality", "document_type", "status", "pages_fetched", "pages_created", "pages_updated",
                "pages_deleted", "rejected_count", "expected_count", "actual_count", "verified_ok", "verified_at", "last_error")
-    print(format_table(columns, [[_cell(job[c]) for c in columns] for job in jobs]))
+    pending = dict.fromkeys(columns) | {"status": "pending"}
+    rows = [jobs.get((m, d)) or pending | {"municipality": m, "document_type": d} for m, d in partitions]
+    print(format_table(columns, [[_cell(row[c]) for c in columns] for row in rows]))
 
 
 def format_table(columns: Sequence[str], rows: list[list[str]]) -> str:

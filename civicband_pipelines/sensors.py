@@ -6,7 +6,7 @@ import socket
 
 import dagster as dg
 
-from .assets import EVENT_TAG, PROCESS_TAG, TRIGGER_TAG, report_dead_run
+from .assets import PROCESS_TAG, TRIGGER_TAG, report_dead_run
 from .config import whole_number_from_env
 from .leases import WAIT_FOREVER, settle_dead_syncs, settle_dead_waits
 from .naming import DOCUMENT_TYPES
@@ -19,6 +19,10 @@ from .sync import BUDGET_PAUSE
 MAX_REPAIRS = whole_number_from_env("CIVICBAND_MAX_REPAIRS", 2, minimum=0)  # full resyncs per failing partition
 # How often the daemon evaluates the sensors (tests lower it).
 INTERVAL = whole_number_from_env("CIVICBAND_SENSOR_INTERVAL_SECONDS", 15)
+# Events one webhook_sensor tick reads: each partition costs it a few queries, and a tick that runs
+# past Dagster's sensor timeout (60 s) never advances its cursor. A fleet-wide deploy takes a few ticks.
+EVENTS_PER_TICK = 200
+EVENT_TAG = "civicband/event"  # the webhook event a webhook run answers
 _PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
 _UNFINISHED = [*_PENDING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
@@ -32,7 +36,7 @@ _UNFINISHED = [*_PENDING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STAR
 )
 def webhook_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingStoreResource) -> dg.SensorResult:
     store = meeting_store.store()
-    events = store.webhook_events_after(int(context.cursor or 0))
+    events = store.webhook_events_after(int(context.cursor or 0), limit=EVENTS_PER_TICK)
     if not events:
         return dg.SensorResult(skip_reason="no new webhook events")
     known = set(context.instance.get_dynamic_partitions(MUNICIPALITY))

@@ -130,6 +130,13 @@ class MeetingStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def changed_since(self, subdomain: str, moment: dt.datetime) -> bool:
+        """A webhook received after `moment` said upstream has something new for `subdomain`."""
+        events = webhook_events.c
+        query = sa.select(events.id).where(events.subdomain == subdomain, events.changed, events.received_at > moment)
+        with self.engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     def municipality_subdomains(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(municipalities.c.subdomain).order_by(municipalities.c.subdomain)).scalars())
@@ -229,10 +236,8 @@ class MeetingStore:
         return written.created, written.updated, written.unchanged
 
     def stop_sync(self, municipality: str, document_type: str, sync: SyncStart, status: str, error: str | None) -> None:
-        """Mark an interrupted sync `failed` or `paused`; its cursor stays for the next run.
-
-        A sync that lost its lease leaves the job to the sync that took over.
-        """
+        """Mark an interrupted sync `failed` or `paused`; its cursor stays for the next run. (One that lost
+        its lease leaves the job to the sync that took over.)"""
         with self.writer.begin() as conn:
             if not _holds_lease(conn, municipality, sync.holder):
                 return
@@ -299,11 +304,8 @@ class MeetingStore:
 
     def iter_pages(self, municipality: str, document_type: str) -> Iterator[dict]:
         """All local pages of a partition, streamed in upstream-id order."""
-        query = (
-            sa.select(meeting_pages)
-            .where(*_in_partition(meeting_pages, municipality, document_type))
-            .order_by(meeting_pages.c.upstream_id)
-        )
+        partition = _in_partition(meeting_pages, municipality, document_type)
+        query = sa.select(meeting_pages).where(*partition).order_by(meeting_pages.c.upstream_id)
         with self.engine.connect() as conn:
             for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query):
                 yield dict(row._mapping)
@@ -360,9 +362,8 @@ class MeetingStore:
 
     def rejected_counts(self) -> dict[tuple[str, str], int]:
         """(municipality, document_type) -> rows currently rejected."""
-        query = sa.select(rejected_rows.c.municipality, rejected_rows.c.document_type, sa.func.count()).group_by(
-            rejected_rows.c.municipality, rejected_rows.c.document_type
-        )
+        partition = (rejected_rows.c.municipality, rejected_rows.c.document_type)
+        query = sa.select(*partition, sa.func.count()).group_by(*partition)
         with self.engine.connect() as conn:
             return {(m, d): n for m, d, n in conn.execute(query)}
 
@@ -398,9 +399,7 @@ class MeetingStore:
 
     @staticmethod
     def _count(conn: sa.Connection, municipality: str, document_type: str) -> int:
-        query = sa.select(sa.func.count()).select_from(meeting_pages).where(
-            *_in_partition(meeting_pages, municipality, document_type)
-        )
+        query = sa.select(sa.func.count()).select_from(meeting_pages).where(*_in_partition(meeting_pages, municipality, document_type))
         return conn.execute(query).scalar_one()
 
     def _upsert_rejections(self):

@@ -182,9 +182,14 @@ def test_interrupted_backfill_stops_shows_paused_and_resume_picks_it(cli_env, st
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output[-3000:]
     assert "interrupted: stopped (a sync that was running stopped at its last checkpoint" in output
+    assert "the same command again goes on from there, and syncs what it had not begun" in output
     assert store.job(municipality, "agenda")["status"] == "paused", output
     assert store.job(municipality, "minutes") is None, output  # the command stopped: minutes never began
     replica.clear_faults()
+    # status lists the partition never begun too, as pending (--resume below leaves it alone).
+    status = civicband(cli_env, "status").stdout.splitlines()
+    assert [line.split()[:3] for line in status if line.startswith(municipality)] == [
+        [municipality, "agenda", "paused"], [municipality, "minutes", "pending"]], status
 
     done = civicband(cli_env, "backfill", "--subdomain=all", "--resume", "--batch-size=7")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -313,6 +318,24 @@ def test_second_backfill_of_a_busy_municipality_is_refused_and_status_stays_true
     # Once the dead holder's lease is stale, status says failed, not running.
     wait_until(lambda: "failed" in civicband(cli_env, "status").stdout, timeout=30, what="the job to show failed")
     assert store.job(municipality, "agenda")["status"] == "failed"
+
+
+def test_of_two_backfills_started_at_once_one_syncs_and_the_other_only_says_it_skipped(cli_env, store, replica, municipality, replica_root):
+    replica.set_faults(rate=1.0, kinds=["slow"], slow_seconds=0.3)  # the winner still syncs as the other starts
+    command = ("backfill", f"--subdomain={municipality}", "--document-type=minutes", "--batch-size=7")
+    both = [start_civicband(cli_env, *command) for _ in range(2)]
+    try:
+        outputs = [process.communicate(timeout=300)[0] for process in both]
+    finally:
+        for process in both:
+            process.kill()
+            process.wait()
+    codes = [process.returncode for process in both]
+    assert sorted(codes) == [0, 3], "\n=====\n".join(outputs)
+    loser = outputs[codes.index(3)]
+    # Refused at its check, or its run found the lease taken: either way no job table of nothing.
+    assert f"SKIPPED: {municipality}" in loser and "(no jobs yet)" not in loser and "0 of 0" not in loser, loser
+    assert_equals_upstream(store, replica_root, municipality, "minutes")
 
 
 def test_a_municipality_taken_while_backfill_all_runs_is_skipped_not_failed(cli_env, store, replica, municipality, replica_root):

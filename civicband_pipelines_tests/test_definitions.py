@@ -12,7 +12,7 @@ from civicband_pipelines.leases import WAIT_FOREVER
 from civicband_pipelines.naming import DOCUMENT_TYPES
 from civicband_pipelines.partitions import MUNICIPALITY, partition_key, partition_tags
 from civicband_pipelines.resources import CivicBandResource, MeetingStoreResource
-from civicband_pipelines.sensors import MAX_REPAIRS, sync_followup_sensor, webhook_sensor
+from civicband_pipelines.sensors import EVENTS_PER_TICK, MAX_REPAIRS, sync_followup_sensor, webhook_sensor
 
 from .test_verify import delete_local_pages
 from .upstream import assert_equals_upstream, replica_db
@@ -180,6 +180,20 @@ def test_webhook_sensor_registers_new_municipalities_and_requests_runs_once(inst
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
 
 
+def test_a_tick_reads_a_bounded_number_of_events_and_the_next_tick_goes_on(instance, store, store_url):
+    # A tick past Dagster's sensor timeout would never advance its cursor: a fleet-wide deploy takes several.
+    for pages in range(EVENTS_PER_TICK):
+        store.record_webhook("oakland.ca", {"name": "Oakland", "pages": pages})
+    store.record_webhook("berkeley.ca", {"name": "Berkeley", "pages": 1})
+    first = _webhook_tick(instance, store_url)
+    assert first.cursor == str(EVENTS_PER_TICK)
+    assert [list(add.partition_keys) for add in first.dynamic_partitions_requests] == [["oakland.ca"]]
+    instance.add_dynamic_partitions(MUNICIPALITY, ["oakland.ca"])
+    second = _webhook_tick(instance, store_url, cursor=first.cursor)
+    assert [list(add.partition_keys) for add in second.dynamic_partitions_requests] == [["berkeley.ca"]]
+    assert second.cursor == str(EVENTS_PER_TICK + 1)
+
+
 @pytest.mark.parametrize("queued_job, assets, runs_requested", [
     ("verify_job", None, True), ("meeting_pages_job", None, False),
     ("__ASSET_JOB", {"meeting_pages"}, False), ("__ASSET_JOB", None, True),  # the UI: Materialize, or checks alone
@@ -210,9 +224,9 @@ def test_a_queued_sync_that_goes_on_from_a_cursor_does_not_stand_in_for_a_webhoo
     assert sorted(requested) == (sorted(partition_key("oakland.ca", d) for d in DOCUMENT_TYPES) if runs_requested else [])
 
 
-def test_a_webhook_run_that_resumes_a_sync_then_syncs_what_changed_behind_its_cursor(
-    instance, resources, store, store_url, replica_root, municipality
-):
+def _paused_sync_then_a_deploy(instance, resources, store, store_url, replica_root, municipality):
+    """A first sync paused by its budget, then a deploy and its webhook. Returns the webhook's agenda run
+    request, with a window that covers the replica's dates (years back)."""
     import sqlite3
 
     instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
@@ -226,10 +240,46 @@ def test_a_webhook_run_that_resumes_a_sync_then_syncs_what_changed_behind_its_cu
         conn.execute("UPDATE agendas SET id = '00000000000a', text = text || ' [re-OCR]' WHERE id = ?", (old,))
     store.record_webhook(municipality, {"name": "Town", "pages": 1})
     (request,) = [r for r in _webhook_tick(instance, store_url).run_requests if r.partition_key == partition_key(municipality, "agenda")]
-    config = request.run_config
-    config["ops"]["meeting_pages"]["config"]["window_days"] = 36500  # the replica's dates are years back
-    result = run_job("meeting_pages_job", instance, resources, municipality, "agenda", config, request.tags)
+    request.run_config["ops"]["meeting_pages"]["config"]["window_days"] = 36500
+    return request
+
+
+def test_a_webhook_run_that_resumes_a_sync_then_syncs_what_changed_behind_its_cursor(
+    instance, resources, store, store_url, replica_root, municipality
+):
+    request = _paused_sync_then_a_deploy(instance, resources, store, store_url, replica_root, municipality)
+    result = run_job("meeting_pages_job", instance, resources, municipality, "agenda", request.run_config, request.tags)
     assert result.success and store.job(municipality, "agenda")["mode"] == "incremental"
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_a_webhook_run_paused_again_leaves_the_incremental_sync_to_the_continuation_that_completes(
+    instance, resources, store, store_url, replica_root, municipality
+):
+    request = _paused_sync_then_a_deploy(instance, resources, store, store_url, replica_root, municipality)
+    request.run_config["ops"]["meeting_pages"]["config"] |= {"batch_size": 50, "time_budget_seconds": 0.001}
+    assert run_job("meeting_pages_job", instance, resources, municipality, "agenda", request.run_config, request.tags).success
+    assert store.job(municipality, "agenda")["status"] == "paused"
+    context = dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})
+    (continuation,) = sync_followup_sensor(context).run_requests
+    continuation.run_config["ops"]["meeting_pages"]["config"]["window_days"] = 36500
+    result = run_job("meeting_pages_job", instance, resources, municipality, "agenda", continuation.run_config, continuation.tags)
+    assert result.success and continuation.tags["civicband/trigger"] == "continuation"
+    assert store.job(municipality, "agenda")["mode"] == "incremental"
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_a_webhook_run_that_failed_leaves_the_incremental_sync_to_the_run_that_resumes_it(
+    instance, resources, store, store_url, replica, replica_root, municipality
+):
+    request = _paused_sync_then_a_deploy(instance, resources, store, store_url, replica_root, municipality)
+    replica.set_faults(rate=1.0, kinds=["error_500"])
+    assert not run_job("meeting_pages_job", instance, resources, municipality, "agenda", request.run_config, request.tags).success
+    replica.clear_faults()
+    assert store.job(municipality, "agenda")["status"] == "failed"
+    ui_run = {"ops": {"meeting_pages": {"config": {"window_days": 36500}}}}  # Materialize: no trigger tag
+    assert run_job("meeting_pages_job", instance, resources, municipality, "agenda", ui_run).success
+    assert store.job(municipality, "agenda")["mode"] == "incremental"
     assert_equals_upstream(store, replica_root, municipality, "agenda")
 
 

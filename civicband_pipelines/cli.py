@@ -18,13 +18,15 @@ from .config import ClientSettings, ConfigError, civicband_home, database_url_fr
 from .leases import WAIT_FOREVER, active_lease, refusal, stale_after_from_env
 from .naming import DOCUMENT_TYPES, InvalidSubdomain, validate_subdomain
 from .partitions import MUNICIPALITY, partition_tags
-from .resources import open_store
+from .resources import StoreUnavailable, open_store
 from .schema import RESUMED_STATUSES
 from .sync import BATCH_SIZE_HELP, MAX_BATCH_SIZE
 
 # `running` too: a sync killed before anyone settled it. While its lease is live (it may be alive, or
 # just killed) the municipality is busy: refused, or waited for with --wait.
 RESUMABLE = RESUMED_STATUSES
+NONE_REGISTERED = ("nothing to do: no municipality is registered yet (`civicband municipalities add SUBDOMAIN...`; "
+                   "a webhook registers its municipality too)")
 DEEP_HELP = ("compare every page (id, image, entities, votes), not only the counts (a request per 1000 upstream "
              "rows, 100 without the service secret; finds changed pages too)")
 
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: stopped (a sync that was running stopped at its last checkpoint, status paused; "
               "the same command again goes on from there, and syncs what it had not begun)", file=sys.stderr)
         return 130
-    except (InvalidSubdomain, UpstreamError, ConfigError) as error:
+    except (InvalidSubdomain, UpstreamError, ConfigError, StoreUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (TransientError, httpx.HTTPError) as error:
@@ -56,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     mode = backfill.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="only partitions whose last sync failed, was paused or died")
     mode.add_argument("--restart", action="store_true", help="ignore saved cursors and start new full syncs")
-    mode.add_argument("--verify-only", action="store_true", help="fetch nothing; verify as `civicband verify` does")
+    mode.add_argument("--verify-only", action="store_true", help="sync nothing; verify as `civicband verify` does")
     backfill.add_argument("--deep", action="store_true", help=f"with --verify-only: {DEEP_HELP}")
     backfill.add_argument("--wait", action="store_true", help="wait for a busy municipality instead of refusing")
     backfill.set_defaults(handler=_backfill)
@@ -114,7 +116,7 @@ def _backfill(args: argparse.Namespace) -> int:
     if args.resume:
         partitions = [(m, d) for m, d in partitions if (store.job(m, d) or {}).get("status") in RESUMABLE]
     if not partitions:
-        print("nothing to do: no matching partitions" + (" to resume" if args.resume else ""))
+        print("nothing to do: no matching partitions to resume" if args.resume else NONE_REGISTERED)
         return 0
     busy = [m for m in dict.fromkeys(m for m, _ in partitions) if not _until_free(store, m, args.wait)]
     partitions = [(m, d) for m, d in partitions if m not in busy]
@@ -125,12 +127,13 @@ def _backfill(args: argparse.Namespace) -> int:
     sync_config = {"restart": args.restart, "lease_wait_seconds": WAIT_FOREVER if args.wait else 0}
     if args.batch_size is not None:  # else the store's default
         sync_config["batch_size"] = args.batch_size
-    failed, taken, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
+    failed, taken, later, verifications = _sync_and_verify(instance, partitions, {"ops": {"meeting_pages": {"config": sync_config}}})
     ran = [p for p in partitions if p not in taken]
     if ran:  # else every one was SKIPPED
         _print_jobs(ran)
         print("\n".join(verifications))
-        print(f"{len(ran) - len(failed)} of {len(ran)} partitions synced and verified")
+        print(f"{len(ran) - len(failed) - len(later)} of {len(ran)} partitions synced and verified"
+              + (f"; {len(later)} synced, verified when the sync that took it since completes" if later else ""))
     for municipality, document_type in failed:
         print(f"FAILED: {municipality}/{document_type}", file=sys.stderr)
     _print_busy(busy)
@@ -154,10 +157,11 @@ def _print_busy(municipalities: list[str]) -> None:
 
 def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, str]], run_config: dict):
     """Run meeting_pages_job (sync, then check) per partition; returns (failed partitions, partitions
-    whose municipality another sync had taken meanwhile, check lines).
+    whose municipality another sync had taken meanwhile, partitions synced but left to verify by a
+    sync that began between this one and its check, check lines).
 
     A partition counts as synced only if its sync completed and its check passed."""
-    failed, taken, lines = [], [], []
+    failed, taken, later, lines = [], [], [], []
     for partition in partitions:
         result = _run(instance, "meeting_pages_job", partition, run_config)
         if _failed_with(result, "MunicipalityBusy"):
@@ -165,9 +169,16 @@ def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, s
             continue
         evaluation = _evaluation(result)
         lines.append(_verification_line(partition, evaluation))
-        if not (result.success and _completed(result) and evaluation and evaluation.passed):
-            failed.append(partition)
-    return failed, taken, lines
+        {"failed": failed, "later": later}.get(_outcome(result, evaluation), []).append(partition)
+    return failed, taken, later, lines
+
+
+def _outcome(result, evaluation) -> str:
+    """`verified`; `later`: synced, and its check found a sync of the partition that began since (another
+    run took the municipality between the sync and its check), which verifies it; else `failed`."""
+    if not (result.success and _completed(result) and evaluation):
+        return "failed"
+    return "verified" if evaluation.passed else "failed" if _compared(evaluation) else "later"
 
 
 def _completed(result) -> bool:
@@ -195,6 +206,9 @@ def _verify(args: argparse.Namespace) -> int:
     instance = dagster_instance()
     partitions = _partitions(instance, args)
     failures = 0
+    if not partitions:
+        print(NONE_REGISTERED)
+        return 0
     run_config = {"ops": {matches_upstream.op.name: {"config": {"compare_ids": args.deep}}}}
     for partition in partitions:
         evaluation = _evaluation(_run(instance, "verify_job", partition, run_config))
@@ -213,13 +227,18 @@ def _verification_line(partition: tuple[str, str], evaluation) -> str:
     name = "/".join(partition)
     if evaluation is None:
         return f"{name}: ERROR could not verify (see the run's logs)"
-    if "expected" not in evaluation.metadata:  # not compared: the partition's sync is unfinished
+    if not _compared(evaluation):
         return f"{name}: {evaluation.description}"
     meta = {k: v.value for k, v in evaluation.metadata.items()}
     line = (f"{name}: {'OK' if evaluation.passed else 'MISMATCH'} expected {meta['expected']}, actual {meta['actual']}, "
             f"rejected {meta['rejected']}, missing {meta['missing']}, extra {meta['extra']}")
     details = [f"  {kind.replace('_documents', '')}:\n" + _indented(text) for kind, text in meta.items() if kind.endswith("_documents")]
     return "\n".join([line, *details])
+
+
+def _compared(evaluation) -> bool:
+    """False for a check that compared nothing, since the partition's sync is unfinished (checks.py)."""
+    return "expected" in evaluation.metadata
 
 
 def _indented(bullets: str) -> str:

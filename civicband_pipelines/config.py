@@ -2,6 +2,7 @@
 
 import math
 import os
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class ClientSettings:
     # time limit (a scan of 550,000 pages takes ~10 s on a 2-core machine).
     max_scan_rows: int = 25_000
 
+    def __post_init__(self):
+        check_base_url(self.base_url)
+
     @classmethod
     def from_env(cls) -> "ClientSettings":
         env = os.environ
@@ -48,6 +52,18 @@ class ClientSettings:
 
 class ConfigError(ValueError):
     """An environment variable with a value it cannot have; the message names it."""
+
+
+def check_base_url(template: str) -> None:
+    """Every municipality's site is made from the template: without `{subdomain}` all would be one site
+    (and any name would pass the check that it exists); another placeholder would fail every request."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError:  # an unmatched brace
+        fields = None
+    if fields != {"subdomain"} or not template.startswith(("http://", "https://")):
+        raise ConfigError(f"CIVICBAND_BASE_URL must be an http(s) URL with {{subdomain}} in it, such as "
+                          f"{DEFAULT_BASE_URL}; got {template!r}")
 
 
 MAX_SECONDS = 366 * 24 * 3600.0  # a year: more would overflow the waits it ends up in (time.sleep(1e20))

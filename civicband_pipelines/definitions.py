@@ -20,7 +20,7 @@ verify_job = dg.define_asset_job(
     "verify_job",
     selection=dg.AssetSelection.checks(matches_upstream),
     partitions_def=meeting_page_partitions,
-    description="Only the exact verification of meeting_pages partitions: fetches no pages.",
+    description="Only the exact verification of meeting_pages partitions: syncs nothing (ids are compared on a mismatch).",
 )
 
 defs = dg.Definitions(

@@ -4,6 +4,7 @@ import dataclasses
 from functools import cache
 
 import dagster as dg
+import sqlalchemy as sa
 
 from .client import CivicBandClient
 from .config import ClientSettings, database_url_from_env
@@ -32,7 +33,25 @@ class MeetingStoreResource(dg.ConfigurableResource):
         return open_store(self.database_url or database_url_from_env())
 
 
+class StoreUnavailable(RuntimeError):
+    """The meetings store's database could not be reached (or its URL is wrong); the message says which."""
+
+
 @cache
 def open_store(url: str) -> MeetingStore:
     """One store (engine and connection pool) per process and URL."""
-    return MeetingStore(url)
+    try:
+        return MeetingStore(url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as error:
+        raise StoreUnavailable(f"the meetings store URL is not one this project can open (such as "
+                               f"sqlite:///path/meetings.db or {POSTGRES_EXAMPLE}): {error}") from None
+    except ModuleNotFoundError as error:  # SQLAlchemy 2.1's postgresql:// means psycopg 3, not installed
+        raise StoreUnavailable(f"the meetings store URL needs the missing Python module {error.name!r}; "
+                               f"for PostgreSQL use {POSTGRES_EXAMPLE}") from None
+    except sa.exc.OperationalError as error:
+        where = sa.engine.make_url(url).render_as_string(hide_password=True)
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise StoreUnavailable(f"the meetings store {where} cannot be opened: {reason}") from None
+
+
+POSTGRES_EXAMPLE = "postgresql+psycopg2://user:password@host/db"

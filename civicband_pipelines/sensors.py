@@ -36,15 +36,21 @@ _UNFINISHED = [*_PENDING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STAR
 )
 def webhook_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingStoreResource) -> dg.SensorResult:
     store = meeting_store.store()
-    events = store.webhook_events_after(int(context.cursor or 0), limit=EVENTS_PER_TICK)
+    cursor = int(context.cursor or 0)
+    events = store.webhook_events_after(cursor, limit=EVENTS_PER_TICK)
     if not events:
         return dg.SensorResult(skip_reason="no new webhook events")
+    if events[0]["id"] <= cursor:
+        context.log.warning("the cursor (event %d) is past the meetings store's last event: a new store, whose events "
+                            "are read from its first", cursor)
     known = set(context.instance.get_dynamic_partitions(MUNICIPALITY))
     new = sorted({e["subdomain"] for e in events} - known)
     changed = sorted({e["subdomain"] for e in events if e["changed"]} | set(new))
     last_event = events[-1]["id"]
+    # Unique across stores: a replaced store gives out its ids again, and the daemon drops a used key.
+    key = f"webhook-{last_event}-{events[-1]['received_at']:%Y%m%dT%H%M%S%f}"
     requests = [
-        _webhook_run(store, m, d, last_event)
+        _webhook_run(context.instance, store, m, d, key, last_event)
         for m in changed
         for d in DOCUMENT_TYPES
         if not _queued_sync_stands_in(context.instance, store, m, d)
@@ -70,10 +76,15 @@ def _queued_sync_stands_in(instance: dg.DagsterInstance, store: MeetingStore, mu
     return any(not resumes or run.tags.get(TRIGGER_TAG) in ("webhook", "repair") for run in runs)
 
 
-def _webhook_run(store: MeetingStore, municipality: str, document_type: str, event_id: int) -> dg.RunRequest:
+def _webhook_run(instance: dg.DagsterInstance, store: MeetingStore, municipality: str, document_type: str, key: str,
+                 event_id: int) -> dg.RunRequest:
+    """A full backfill only if no sync of the partition has begun: one under way (the first backfill,
+    say) completes before this run starts, which then needs only the incremental pass (an incremental
+    sync of a partition never fully synced becomes a full one: store.start_sync)."""
     job = store.job(municipality, document_type)
-    mode = "incremental" if job and job["full_synced_at"] else "full"
-    return _sync_request(municipality, document_type, f"webhook-{event_id}", "webhook", mode=mode, event=str(event_id))
+    begun = (job is not None and job["sync_generation"] > 0) or _pending_syncs(instance, municipality, document_type, _UNFINISHED)
+    mode = "incremental" if begun else "full"
+    return _sync_request(municipality, document_type, key, "webhook", mode=mode, event=str(event_id))
 
 
 @dg.sensor(

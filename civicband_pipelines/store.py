@@ -126,8 +126,13 @@ class MeetingStore:
             return stored, created, event_id
 
     def webhook_events_after(self, event_id: int, limit: int = 1000) -> list[dict]:
-        query = sa.select(webhook_events).where(webhook_events.c.id > event_id).order_by(webhook_events.c.id).limit(limit)
+        """Events after `event_id` in id order. A cursor past the last event was kept from a replaced
+        store (a new file; SQLite to PostgreSQL): all of this one's events are new to it."""
+        events = webhook_events.c
         with self.engine.connect() as conn:
+            if event_id > (conn.execute(sa.select(sa.func.max(events.id))).scalar() or 0):
+                event_id = 0
+            query = sa.select(webhook_events).where(events.id > event_id).order_by(events.id).limit(limit)
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def changed_since(self, subdomain: str, moment: dt.datetime) -> bool:
@@ -316,10 +321,6 @@ class MeetingStore:
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
             return dict(row._mapping) if row else None
-
-    def leases(self) -> dict[str, dict]:
-        with self.engine.connect() as conn:
-            return {row.municipality: dict(row._mapping) for row in conn.execute(sa.select(sync_leases))}
 
     def iter_page_ids(self, municipality: str, document_type: str, chunk_rows: int = 5000) -> Iterator[tuple]:
         """(upstream_id, meeting_name, meeting_date, (page_image, entities_json, votes_json)) of every local

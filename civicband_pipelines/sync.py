@@ -138,8 +138,11 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
     page_size = -(-batch_size // pages_per_batch)  # 4000 -> 4 pages of 1000, 1500 -> 2 of 750
     # A batch's worth of pages ahead: upstream keeps answering while the previous batch commits.
     depth = max(PREFETCH_PAGES, pages_per_batch)
-    # Upstream scans for a filter (a window): ranges of ids keep each request's scan short.
-    id_ranges = client.id_ranges_for(store.count_pages(municipality, document_type)) if start.filters else 1
+    # Upstream scans for a filter (a window): ranges of ids keep each request's scan short. Sized by
+    # upstream too, which can have grown far beyond the local copy (an archive loaded, out of the window).
+    id_ranges = 1
+    if start.filters:
+        id_ranges = client.id_ranges_for(max(store.count_pages(municipality, document_type), client.count(municipality, document_type)))
     pages = prefetched_pages(client, municipality, document_type, page_size, start.cursor, start.filters, depth, id_ranges)
     try:
         with contextlib.closing(pages):  # the prefetch thread stops however this ends

@@ -16,7 +16,13 @@ from civicband_pipelines.partitions import partition_key
 from civicband_pipelines.replica.generate import reocr_pages
 
 from .conftest import make_municipality, wait_until
+from .dagster_stack import free_port
 from .upstream import assert_equals_upstream, replica_db, upstream_rows
+
+# The command's own behaviour (output, exit codes, settings) is the same on both stores: these
+# run on SQLite only. What differs by store (leases: rows on SQLite, advisory locks on PostgreSQL; kill -9,
+# Ctrl-C and resume) runs on both, as do the store's own tests (test_store, test_sync, test_verify).
+SQLITE_ONLY = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
@@ -57,6 +63,7 @@ def latest_materialization(env, municipality: str, document_type: str):
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+@SQLITE_ONLY
 def test_backfill_records_runs_in_the_instance_and_prints_a_summary(cli_env, store, replica_root, municipality):
     # The time budget frees daemon run workers; a sync in the foreground runs to its end.
     cli_env["CIVICBAND_TIME_BUDGET_SECONDS"] = "0.001"
@@ -197,20 +204,26 @@ def test_interrupted_backfill_stops_shows_paused_and_resume_picks_it(cli_env, st
     assert_equals_upstream(store, replica_root, municipality, "agenda")
 
 
+@SQLITE_ONLY
 def test_municipalities_add_reads_a_file_with_comments(cli_env, tmp_path, replica_root):
     first, second = (make_municipality(replica_root, documents=2, pages=(1, 2)) for _ in range(2))
     listing = tmp_path / "municipalities.txt"
     listing.write_text(f"# civic.band sites\n{first}   # the first\n\n   # indented comment\n  {second}\n")
+    for command in ("backfill", "verify"):  # nothing registered yet: say how to register
+        empty = civicband(cli_env, command, "--subdomain=all")
+        assert empty.returncode == 0 and "no municipality is registered yet (`civicband municipalities add" in empty.stdout
     done = civicband(cli_env, "municipalities", "add", "--file", str(listing))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == ["registered", first, "registered", second]
 
 
+@SQLITE_ONLY
 def test_dev_refuses_a_port_it_could_not_wait_for(cli_env):
     done = civicband(cli_env, "dev", "--port", "0")
     assert done.returncode == 2 and "'0' is not a port between 1 and 65535" in done.stderr
 
 
+@SQLITE_ONLY
 def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
     unknown = civicband(cli_env, "backfill", "--subdomain=nowhere.zz")
     assert unknown.returncode == 2 and "no such municipality on civic.band: 'nowhere.zz'" in unknown.stderr
@@ -220,6 +233,7 @@ def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
     assert too_big.returncode == 2 and "--batch-size must be between 1 and 10000" in too_big.stderr
 
 
+@SQLITE_ONLY
 def test_a_wrong_setting_is_one_line_naming_it_and_a_relative_home_works(cli_env, tmp_path, municipality):
     wrong = civicband({**cli_env, "CIVICBAND_HTTP_TIMEOUT": "abc"}, "municipalities", "add", municipality)
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
@@ -242,6 +256,25 @@ def test_a_wrong_setting_is_one_line_naming_it_and_a_relative_home_works(cli_env
     assert (tmp_path / "home-here" / "meetings.db").exists() and (tmp_path / "home-here" / "dagster").is_dir()
 
 
+@pytest.mark.parametrize("name, value, said", [
+    ("CIVICBAND_DATABASE_URL", "postgresql://user@127.0.0.1/db", "needs the missing Python module 'psycopg'; for PostgreSQL use postgresql+psycopg2://"),
+    ("CIVICBAND_DATABASE_URL", "meetings.db", "the meetings store URL is not one this project can open"),
+    ("CIVICBAND_DATABASE_URL", "postgresql+psycopg2://user:hunter2@127.0.0.1:{port}/db", "the meetings store postgresql+psycopg2://user:***@127.0.0.1:{port}/db cannot be opened: "),
+    ("CIVICBAND_BASE_URL", "https://civic.band", "CIVICBAND_BASE_URL must be an http(s) URL with {subdomain} in it"),
+    ("CIVICBAND_BASE_URL", "https://{sub}.civic.band", "CIVICBAND_BASE_URL must be"),
+    ("CIVICBAND_BASE_URL", "{subdomain}.civic.band", "CIVICBAND_BASE_URL must be"),
+])
+@SQLITE_ONLY  # the URLs under test stand in for the store
+def test_a_wrong_store_or_upstream_url_is_one_line_saying_what_is_wrong(cli_env, municipality, name, value, said):
+    port = str(free_port())  # nothing listens there
+    wrong = civicband({**cli_env, name: value.replace("{port}", port)}, "municipalities", "add", municipality)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+    last = wrong.stderr.splitlines()[-1]
+    assert last.startswith("error: ") and said.replace("{port}", port) in last, wrong.stderr
+    assert "hunter2" not in wrong.stderr
+
+
+@SQLITE_ONLY
 def test_a_failed_sync_is_one_line_with_its_reason_not_a_traceback(cli_env, store, replica, municipality):
     assert civicband(cli_env, "municipalities", "add", municipality).returncode == 0
     replica.set_faults(rate=1.0, kinds=["error_500"])
@@ -260,6 +293,7 @@ def test_a_failed_sync_is_one_line_with_its_reason_not_a_traceback(cli_env, stor
     assert " - dagster - " not in synced.stderr, "the sync's own lines, without Dagster's prefix per line"
 
 
+@SQLITE_ONLY
 def test_verify_reports_missing_pages_and_exit_code(cli_env, store, replica_root, municipality):
     assert civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda").returncode == 0
     assert civicband(cli_env, "verify", f"--subdomain={municipality}", "--document-type=agenda").returncode == 0
@@ -273,6 +307,7 @@ def test_verify_reports_missing_pages_and_exit_code(cli_env, store, replica_root
     assert "MISMATCH" in verify.stdout and "missing 3" in verify.stdout
 
 
+@SQLITE_ONLY
 def test_verify_deep_compares_ids_and_finds_a_changed_page_the_counts_miss(cli_env, store, replica_root, municipality):
     assert civicband(cli_env, "backfill", f"--subdomain={municipality}", "--document-type=agenda").returncode == 0
     (document,) = reocr_pages(replica_db(replica_root, municipality), "agenda", 1, seed=3).documents  # same count

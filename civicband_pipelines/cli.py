@@ -169,7 +169,9 @@ def _sync_and_verify(instance: dg.DagsterInstance, partitions: list[tuple[str, s
             continue
         evaluation = _evaluation(result)
         lines.append(_verification_line(partition, evaluation))
-        {"failed": failed, "later": later}.get(_outcome(result, evaluation), []).append(partition)
+        outcome = _outcome(result, evaluation)
+        if outcome != "verified":
+            (later if outcome == "later" else failed).append(partition)
     return failed, taken, later, lines
 
 

@@ -33,6 +33,9 @@ class MeetingStoreResource(dg.ConfigurableResource):
         return open_store(self.database_url or database_url_from_env())
 
 
+POSTGRES_EXAMPLE = "postgresql+psycopg2://user:password@host/db"
+
+
 class StoreUnavailable(RuntimeError):
     """The meetings store's database could not be reached (or its URL is wrong); the message says which."""
 
@@ -52,6 +55,3 @@ def open_store(url: str) -> MeetingStore:
         where = sa.engine.make_url(url).render_as_string(hide_password=True)
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         raise StoreUnavailable(f"the meetings store {where} cannot be opened: {reason}") from None
-
-
-POSTGRES_EXAMPLE = "postgresql+psycopg2://user:password@host/db"

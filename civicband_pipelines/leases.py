@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from .config import seconds_from_env
 from .schema import sync_leases, sync_waits
-from .store import LeaseLost, MeetingStore, utcnow
+from .store import LeaseLost, MeetingStore, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,22 @@ class MunicipalityLease:
         if self._heartbeat:
             self._heartbeat.join(timeout=10)
         try:
-            with self.store.writer.begin() as conn:
-                conn.execute(sa.delete(sync_leases).where(self._mine()))
+            self._remove_row()
         finally:  # else the pooled session would hold the municipality for the rest of the process
             self._release_advisory_lock()
+
+    def _remove_row(self) -> None:
+        """Remove the lease row. Should that fail (the database busy past its timeout, or away), the
+        sync's outcome stands: its work is committed, and raising here would fail a finished sync or
+        hide the error that ended it. The row left behind stops beating and is taken over once stale
+        (on PostgreSQL at once: without the advisory lock it holds nobody back)."""
+        try:
+            with self.store.writer.begin() as conn:
+                conn.execute(sa.delete(sync_leases).where(self._mine()))
+        except sa.exc.SQLAlchemyError as error:
+            self._log(logging.WARNING, "%s: could not release the lease (%s: %s); the next sync of the municipality "
+                      "takes it over once it is stale (%s s without a heartbeat)", self.municipality,
+                      type(error).__name__, error, f"{self.stale_after:g}")
 
     def _log(self, level: int, message: str, *args) -> None:
         """To the sync's log (the run's, in Dagster); should that fail (the instance's database away),
@@ -256,20 +268,14 @@ def _lock_key(municipality: str) -> int:
 
 
 def is_stale(heartbeat_at: dt.datetime, stale_after: float, now: dt.datetime | None = None) -> bool:
-    now = now or utcnow()
-    if heartbeat_at.tzinfo is None:  # SQLite returns naive UTC
-        heartbeat_at = heartbeat_at.replace(tzinfo=dt.timezone.utc)
-    return (now - heartbeat_at).total_seconds() > stale_after
+    return ((now or utcnow()) - as_utc(heartbeat_at)).total_seconds() > stale_after
 
 
 def refusal(municipality: str, lease: dict | None, now: dt.datetime | None = None) -> str:
     """The message the original system promised, with who holds the municipality."""
     if not lease:
         return f"Backfill already in progress for {municipality}. Check the UI or wait."
-    started = lease["started_at"]
-    if started.tzinfo is None:
-        started = started.replace(tzinfo=dt.timezone.utc)
-    minutes = int(((now or utcnow()) - started).total_seconds() // 60)
+    minutes = int(((now or utcnow()) - as_utc(lease["started_at"])).total_seconds() // 60)
     ago = "just now" if minutes < 1 else f"{minutes} minute{'s' if minutes != 1 else ''} ago"
     run = f"run {lease['run_id']}" if lease.get("run_id") else f"pid {lease['pid']} on {lease['host']}"
     return (

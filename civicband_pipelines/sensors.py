@@ -13,7 +13,7 @@ from .naming import DOCUMENT_TYPES
 from .partitions import MUNICIPALITY, municipality_partitions, partition_key, partition_tags
 from .resources import MeetingStoreResource
 from .schema import RESUMED_STATUSES
-from .store import MeetingStore
+from .store import MeetingStore, as_utc
 from .sync import BUDGET_PAUSE
 
 MAX_REPAIRS = whole_number_from_env("CIVICBAND_MAX_REPAIRS", 2, minimum=0)  # full resyncs per failing partition
@@ -32,17 +32,23 @@ _UNFINISHED = [*_PENDING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STAR
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL,
     description="Turns civic.band update webhooks into runs: new municipalities become partitions and get a "
-    "full backfill; changed ones get an incremental sync. A burst of events makes one run per partition.",
+    "full backfill; changed ones get an incremental sync. A burst of events makes one run per partition. "
+    "A changed webhook whose run gave up before its sync began gets another.",
 )
 def webhook_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingStoreResource) -> dg.SensorResult:
     store = meeting_store.store()
     cursor = int(context.cursor or 0)
     events = store.webhook_events_after(cursor, limit=EVENTS_PER_TICK)
-    if not events:
-        return dg.SensorResult(skip_reason="no new webhook events")
-    if events[0]["id"] <= cursor:
+    replaced = bool(events) and events[0]["id"] <= cursor
+    if replaced:
         context.log.warning("the cursor (event %d) is past the meetings store's last event: a new store, whose events "
                             "are read from its first", cursor)
+    missed = [] if replaced else _missed_webhook_runs(context.instance, store, handled=cursor)
+    for request in missed:
+        context.log.info("%s: the run for changed webhook %s gave up before its sync began; another incremental run",
+                         request.partition_key, request.tags[EVENT_TAG])
+    if not events:
+        return dg.SensorResult(run_requests=missed) if missed else dg.SensorResult(skip_reason="no new webhook events")
     known = set(context.instance.get_dynamic_partitions(MUNICIPALITY))
     new = sorted({e["subdomain"] for e in events} - known)
     changed = sorted({e["subdomain"] for e in events if e["changed"]} | set(new))
@@ -57,7 +63,7 @@ def webhook_sensor(context: dg.SensorEvaluationContext, meeting_store: MeetingSt
     ]
     context.log.info("events up to %d: %d new municipalities, %d runs", last_event, len(new), len(requests))
     return dg.SensorResult(
-        run_requests=requests,
+        run_requests=requests + [r for r in missed if r.partition_key not in {q.partition_key for q in requests}],
         cursor=str(last_event),
         dynamic_partitions_requests=[municipality_partitions.build_add_request(new)] if new else [],
     )
@@ -106,7 +112,7 @@ def sync_followup_sensor(context: dg.SensorEvaluationContext, meeting_store: Mee
         if (
             request
             and not _pending_syncs(context.instance, job["municipality"], job["document_type"], _UNFINISHED)
-            and not _run_key_used(context.instance, request.run_key)
+            and not _run_key_used(context.instance, request.run_key, sync_followup_sensor.name)
         ):
             if request.tags[TRIGGER_TAG] == "repair":
                 store.count_repair(job["municipality"], job["document_type"])
@@ -176,6 +182,27 @@ def _followup(job: dict) -> dg.RunRequest | None:
     return None
 
 
+def _missed_webhook_runs(instance: dg.DagsterInstance, store: MeetingStore, handled: int) -> list[dg.RunRequest]:
+    """Incremental runs for the changed webhooks this sensor has handled (ids up to `handled`: their runs
+    were requested, or left to a queued stand-in, in an earlier tick) after which no sync of the partition
+    began, with none of its runs unfinished: the run that was to sync it gave up first (the stand-in
+    was canceled, the webhook's own run failed waiting for the municipality). Once per event: its run key."""
+    changes = store.latest_changes()
+    requests = []
+    for job in store.jobs():
+        municipality, document_type = job["municipality"], job["document_type"]
+        event_id, received_at = changes.get(municipality, (None, None))
+        if event_id is None or event_id > handled or job["status"] == "running":
+            continue
+        if job["started_at"] and as_utc(received_at) <= as_utc(job["started_at"]):
+            continue  # a sync began after it
+        key = f"missed-webhook-{event_id}-{as_utc(received_at):%Y%m%dT%H%M%S%f}"
+        request = _sync_request(municipality, document_type, key, "webhook", mode="incremental", event=str(event_id))
+        if not _pending_syncs(instance, municipality, document_type, _UNFINISHED) and not _run_key_used(instance, request.run_key, webhook_sensor.name):
+            requests.append(request)
+    return requests
+
+
 def _sync_request(municipality: str, document_type: str, key: str, trigger: str, *, mode: str, restart: bool = False, event: str | None = None) -> dg.RunRequest:
     tags = {TRIGGER_TAG: trigger, "civicband/mode": mode} | ({EVENT_TAG: event} if event else {})
     # A sensor run that finds its municipality held (by the CLI: the run queue keeps runs apart) waits
@@ -195,10 +222,10 @@ def _pending_syncs(instance: dg.DagsterInstance, municipality: str, document_typ
     return [record.dagster_run for record in instance.get_run_records(filters=runs_filter) if _syncs(record.dagster_run)]
 
 
-def _run_key_used(instance: dg.DagsterInstance, run_key: str) -> bool:
+def _run_key_used(instance: dg.DagsterInstance, run_key: str, sensor_name: str) -> bool:
     """A run of this key exists, so the daemon would drop the request: e.g. a repair whose check could not
     run (upstream down) left verified_at as it was. Counted again, it would use up the repair budget."""
-    tags = {"dagster/run_key": run_key, "dagster/sensor_name": sync_followup_sensor.name}  # as the daemon matches
+    tags = {"dagster/run_key": run_key, "dagster/sensor_name": sensor_name}  # as the daemon matches
     return bool(instance.get_run_records(dg.RunsFilter(tags=tags), limit=1))
 
 

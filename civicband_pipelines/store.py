@@ -59,6 +59,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def as_utc(moment: dt.datetime) -> dt.datetime:
+    """A stored time, aware: SQLite returns naive UTC."""
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+
+
 # Rows a sync commits at a time unless told otherwise, as measured best (bench/README.md). SQLite:
 # a commit writes every index page the batch's keys landed on, and they land at random, so fewer,
 # larger commits write each such page once for several keys; but the last batch is written after
@@ -141,6 +146,13 @@ class MeetingStore:
         query = sa.select(events.id).where(events.subdomain == subdomain, events.changed, events.received_at > moment)
         with self.engine.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
+
+    def latest_changes(self) -> dict[str, tuple[int, dt.datetime]]:
+        """Per municipality, its latest webhook that said upstream has something new: (event id, received_at)."""
+        events = webhook_events.c
+        query = sa.select(events.subdomain, sa.func.max(events.id), sa.func.max(events.received_at)).where(events.changed)
+        with self.engine.connect() as conn:
+            return {subdomain: (event_id, at) for subdomain, event_id, at in conn.execute(query.group_by(events.subdomain))}
 
     def municipality_subdomains(self) -> list[str]:
         with self.engine.connect() as conn:

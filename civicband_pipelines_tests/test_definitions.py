@@ -276,6 +276,40 @@ def test_a_queued_sync_that_goes_on_from_a_cursor_does_not_stand_in_for_a_webhoo
     assert sorted(requested) == (sorted(partition_key("oakland.ca", d) for d in DOCUMENT_TYPES) if runs_requested else [])
 
 
+def test_a_changed_webhook_whose_stand_in_run_was_canceled_gets_its_own_run_once(
+    instance, resources, store, store_url, replica_root, municipality
+):
+    instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
+    for document_type in DOCUMENT_TYPES:  # synced, then a UI run queued: it stands in for the webhook's
+        assert run_job("meeting_pages_job", instance, resources, municipality, document_type).success
+        instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.NOT_STARTED,
+                                       tags=partition_tags(municipality, document_type)))
+    _, _, event_id = store.record_webhook(municipality, {"name": "Town", "pages": 1})
+    assert _webhook_tick(instance, store_url).run_requests == []
+    later_tick = lambda: _webhook_tick(instance, store_url, cursor=str(event_id)).run_requests or []  # noqa: E731
+    assert later_tick() == []  # the stand-in is still queued
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.NOT_STARTED])):
+        instance.report_run_canceled(record.dagster_run)
+    # A tick that reads the event (now with no stand-in) requests the webhook's own runs, and only those.
+    own = _webhook_tick(instance, store_url, cursor=str(event_id - 1)).run_requests
+    assert sorted(r.run_key.split("-")[0] for r in own) == ["webhook"] * len(DOCUMENT_TYPES)
+    requests = later_tick()
+    assert sorted(r.partition_key for r in requests) == sorted(partition_key(municipality, d) for d in DOCUMENT_TYPES)
+    for request in requests:
+        assert request.tags["civicband/trigger"] == "webhook" and request.tags["civicband/event"] == str(event_id)
+        assert request.run_config["ops"]["meeting_pages"]["config"]["mode"] == "incremental"
+    agenda, minutes = sorted(requests, key=lambda r: r.partition_key)
+    # minutes: its run failed before its sync began (upstream down, say); once per event: not asked again.
+    instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.FAILURE,
+                                   tags=partition_tags(municipality, "minutes")
+                                   | {"dagster/run_key": minutes.run_key, "dagster/sensor_name": "webhook_sensor"}))
+    # agenda: its run syncs; a sync began after the webhook, so nothing is missed any more.
+    assert run_job("meeting_pages_job", instance, resources, municipality, "agenda", agenda.run_config, agenda.tags).success
+    assert store.job(municipality, "agenda")["mode"] == "incremental"
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+    assert later_tick() == []
+
+
 def _paused_sync_then_a_deploy(instance, resources, store, store_url, replica_root, municipality):
     """A first sync paused by its budget, then a deploy and its webhook. Returns the webhook's agenda run
     request, with a window that covers the replica's dates (years back)."""

@@ -118,6 +118,9 @@ webhook_events = sa.Table(
     # The accepted fields as JSON: the body less extras named like a municipalities column, popup_data as text.
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # A municipality's changed events, newest last (store.changed_since, store.latest_changes): the
+    # table is never pruned, and webhook_sensor looks every tick.
+    sa.Index("ix_webhook_events_changes", "subdomain", "changed", "id"),
 )
 
 # Who syncs a municipality right now (issue: never two syncs of one municipality at once).

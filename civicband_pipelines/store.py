@@ -150,9 +150,11 @@ class MeetingStore:
     def latest_changes(self) -> dict[str, tuple[int, dt.datetime]]:
         """Per municipality, its latest webhook that said upstream has something new: (event id, received_at)."""
         events = webhook_events.c
-        query = sa.select(events.subdomain, sa.func.max(events.id), sa.func.max(events.received_at)).where(events.changed)
+        # The latest ids from the index alone (ix_webhook_events_changes), then one row per municipality.
+        latest = sa.select(sa.func.max(events.id).label("id")).where(events.changed).group_by(events.subdomain).subquery()
+        query = sa.select(events.subdomain, events.id, events.received_at).join(latest, events.id == latest.c.id)
         with self.engine.connect() as conn:
-            return {subdomain: (event_id, at) for subdomain, event_id, at in conn.execute(query.group_by(events.subdomain))}
+            return {subdomain: (event_id, at) for subdomain, event_id, at in conn.execute(query)}
 
     def municipality_subdomains(self) -> list[str]:
         with self.engine.connect() as conn:

@@ -221,6 +221,20 @@ def test_postgresql_commits_webhook_events_in_id_order_so_the_sensor_cursor_skip
     assert [e["id"] for e in store.webhook_events_after(0)] == [ids["first.ca"], ids["second.ca"]]
 
 
+def test_latest_changes_name_each_municipality_s_latest_changed_event(store):
+    record = lambda subdomain, pages: store.record_webhook(subdomain, {"pages": pages})[2]  # noqa: E731
+    record("oakland.ca", 1)  # new: changed
+    second = record("oakland.ca", 2)
+    record("oakland.ca", 2)  # a replay: not changed
+    only = record("berkeley.ca", 5)
+    record("berkeley.ca", 5)
+    latest = store.latest_changes()
+    assert sorted(latest) == ["berkeley.ca", "oakland.ca"]
+    assert (latest["oakland.ca"][0], latest["berkeley.ca"][0]) == (second, only)
+    (received,) = [e["received_at"] for e in store.webhook_events_after(0) if e["id"] == second]
+    assert latest["oakland.ca"][1] == received
+
+
 def test_page_ids_come_in_byte_order_in_short_reads_that_hold_no_transaction_open(store):
     ids = ["b", "a", "é", "Z", "a", "ä", "0", "b", "~"]  # repeats across chunk boundaries, non-ASCII
     write(store, [page(n, upstream_id=upstream_id) for n, upstream_id in enumerate(ids, start=1)])

@@ -171,7 +171,7 @@ def _is_alive(pid: int) -> bool:
 
 def _followup(job: dict) -> dg.RunRequest | None:
     municipality, document_type = job["municipality"], job["document_type"]
-    if job["status"] == "paused" and (job["last_error"] or "").startswith(BUDGET_PAUSE):
+    if _paused_by_budget(job):
         # Keyed by where it resumes: batches of an incremental sync (ranges of ids) can be empty.
         at = hashlib.sha256((job["last_cursor"] or "").encode()).hexdigest()[:12]
         key = f"continue-{job['sync_generation']}-{job['pages_fetched']}-{at}"
@@ -180,6 +180,10 @@ def _followup(job: dict) -> dg.RunRequest | None:
         key = f"repair-{job['verified_at'].isoformat()}"
         return _sync_request(municipality, document_type, key, "repair", mode="full", restart=True)
     return None
+
+
+def _paused_by_budget(job: dict) -> bool:
+    return job["status"] == "paused" and (job["last_error"] or "").startswith(BUDGET_PAUSE)
 
 
 def _missed_webhook_runs(instance: dg.DagsterInstance, store: MeetingStore, handled: int) -> list[dg.RunRequest]:
@@ -192,7 +196,9 @@ def _missed_webhook_runs(instance: dg.DagsterInstance, store: MeetingStore, hand
     for job in store.jobs():
         municipality, document_type = job["municipality"], job["document_type"]
         event_id, received_at = changes.get(municipality, (None, None))
-        if event_id is None or event_id > handled or job["status"] == "running":
+        # A sync paused by its budget is continued (sync_followup_sensor), and the run that completes it
+        # syncs what changed since it began (assets).
+        if event_id is None or event_id > handled or job["status"] == "running" or _paused_by_budget(job):
             continue
         if job["started_at"] and as_utc(received_at) <= as_utc(job["started_at"]):
             continue  # a sync began after it

@@ -346,6 +346,9 @@ def test_a_webhook_run_paused_again_leaves_the_incremental_sync_to_the_continuat
     request.run_config["ops"]["meeting_pages"]["config"] |= {"batch_size": 50, "time_budget_seconds": 0.001}
     assert run_job("meeting_pages_job", instance, resources, municipality, "agenda", request.run_config, request.tags).success
     assert store.job(municipality, "agenda")["status"] == "paused"
+    # No sync began after the webhook, but the continuation will sync it: webhook_sensor asks for nothing.
+    last_event = store.webhook_events_after(0)[-1]["id"]
+    assert _webhook_tick(instance, store_url, cursor=str(last_event)).run_requests == []
     context = dg.build_sensor_context(instance=instance, resources={"meeting_store": MeetingStoreResource(database_url=store_url)})
     (continuation,) = sync_followup_sensor(context).run_requests
     continuation.run_config["ops"]["meeting_pages"]["config"]["window_days"] = 36500

@@ -1,11 +1,15 @@
 """The meetings store's schema: a public interface, documented in README.md ("Store schema")."""
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 metadata = sa.MetaData()
 
 # SQLite autoincrements only INTEGER PRIMARY KEY; PostgreSQL gets BIGINT for 100M+ pages.
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Byte order on PostgreSQL too (SQLite's BINARY is already): verification reads a partition's pages in
+# upstream's id order, chunk after chunk along the (municipality, document_type, upstream_id) index.
+_UpstreamId = sa.String(255).with_variant(postgresql.VARCHAR(255, collation="C"), "postgresql")
 
 
 def _timestamps() -> list[sa.Column]:
@@ -40,7 +44,7 @@ meeting_pages = sa.Table(
     sa.Column("meeting_name", sa.Text, nullable=False),
     sa.Column("meeting_date", sa.Date, nullable=False),
     sa.Column("page_number", sa.Integer, nullable=False),
-    sa.Column("upstream_id", sa.String(255), nullable=False),
+    sa.Column("upstream_id", _UpstreamId, nullable=False),
     sa.Column("text", sa.Text),
     sa.Column("page_image", sa.Text),
     sa.Column("entities_json", sa.Text),

@@ -341,11 +341,10 @@ class MeetingStore:
         page in upstream's id order, for verification; read in chunks, each a short read: a deep check can
         take hours (without the service secret), and one long read holds off SQLite's WAL reset and vacuum."""
         pages = meeting_pages.c
-        by_id = pages.upstream_id.collate("C") if self.engine.dialect.name == "postgresql" else pages.upstream_id
         query = (sa.select(pages.upstream_id, pages.meeting_name, pages.meeting_date, pages.page_image,
                            pages.entities_json, pages.votes_json, pages.id)
                  .where(*_in_partition(meeting_pages, municipality, document_type))
-                 .order_by(by_id, pages.id).limit(chunk_rows))  # byte order, as SQLite sorts; ids repeat
+                 .order_by(pages.upstream_id, pages.id).limit(chunk_rows))  # byte order (schema.py); ids repeat
         after = ()
         while True:
             with self.engine.connect() as conn:
@@ -353,7 +352,7 @@ class MeetingStore:
             yield from ((upstream_id, meeting, date, tuple(compared)) for upstream_id, meeting, date, *compared, _ in rows)
             if len(rows) < chunk_rows:
                 return
-            after = (sa.tuple_(by_id, pages.id) > (rows[-1].upstream_id, rows[-1].id),)  # the next chunk
+            after = (sa.tuple_(pages.upstream_id, pages.id) > (rows[-1].upstream_id, rows[-1].id),)  # the next chunk
 
     def rejected_ids(self, municipality: str, document_type: str) -> set[str]:
         query = sa.select(rejected_rows.c.upstream_id).where(*_in_partition(rejected_rows, municipality, document_type))

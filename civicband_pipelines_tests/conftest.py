@@ -130,7 +130,13 @@ def store_url(request, tmp_path):
     """Each store test runs on SQLite and on a real PostgreSQL server."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'meetings.db'}"
-    return create_database(request.getfixturevalue("postgres_server_url"), f"t_{next(_names)}_{os.getpid()}")
+    return _production_like_database(request.getfixturevalue("postgres_server_url"))
+
+
+def _production_like_database(server_url: str) -> str:
+    """A database whose text sorts as in most production ones (en_US.UTF-8), not as bytes like the
+    test server's default: the store must not depend on its database's collation."""
+    return create_database(server_url, f"t_{next(_names)}_{os.getpid()}", icu_locale="en-US")
 
 
 @pytest.fixture
@@ -143,7 +149,7 @@ def store(store_url):
 @pytest.fixture
 def postgres_store(postgres_server_url):
     """For what only PostgreSQL does."""
-    store = MeetingStore(create_database(postgres_server_url, f"t_{next(_names)}_{os.getpid()}"))
+    store = MeetingStore(_production_like_database(postgres_server_url))
     yield store
     store.dispose()
 

@@ -126,11 +126,13 @@ def find_bin_dir() -> Path:
     raise PostgresUnavailable(message)
 
 
-def create_database(url: str, name: str) -> str:
-    """Create database `name` on the server of `url`; return its URL."""
+def create_database(url: str, name: str, icu_locale: str | None = None) -> str:
+    """Create database `name` on the server of `url`; return its URL. With `icu_locale` (e.g. "en-US"),
+    its text sorts by that language's rules, as in a database made with a typical locale, not as bytes."""
     server = sa.engine.make_url(url)
+    collation = f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'" if icu_locale else ""
     with _autocommit(server.set(database="postgres")) as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"{collation}')
     return server.set(database=name).render_as_string(hide_password=False)
 
 

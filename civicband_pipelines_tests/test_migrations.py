@@ -162,3 +162,27 @@ def test_postgresql_page_text_is_compressed_with_lz4(postgres_server_url):
     pg_server.drop_database(db_url)
     assert lz4, "the test server (PostgreSQL 15 from Debian) is built with lz4"
     assert method == "l"
+
+
+def test_postgresql_page_ids_sort_as_bytes_after_0007_whatever_the_database_s_collation(postgres_server_url):
+    db_url = pg_server.create_database(postgres_server_url, f"t_{uuid.uuid4().hex[:12]}", icu_locale="en-US")
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    ids = ["b", "B", "a", "é", "~", "Z"]
+    try:
+        upgrade(db_url, "0006")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO meeting_pages (municipality, document_type, meeting_name, meeting_date, page_number,"
+                " upstream_id, sync_generation) VALUES ('oakland.ca', 'agenda', 'CityCouncil', '2024-01-15', :n, :id, 1)"),
+                [{"n": n, "id": upstream_id} for n, upstream_id in enumerate(ids)])
+        assert _ids_in_order(engine) == ["~", "a", "b", "B", "é", "Z"], "en-US: by letter, then case"
+        upgrade(db_url)
+        assert _ids_in_order(engine) == sorted(ids, key=str.encode)
+    finally:
+        engine.dispose()
+        pg_server.drop_database(db_url)
+
+
+def _ids_in_order(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT upstream_id FROM meeting_pages ORDER BY upstream_id")).scalars().all()

@@ -268,3 +268,41 @@ def test_postgresql_connections_keep_idle_flows_alive_unless_the_url_says_otherw
         assert options(own)["keepalives_idle"] == "30" and options(own)["keepalives_count"] == "6"
     finally:
         own.dispose()
+
+
+def test_each_read_of_page_ids_starts_at_its_id_along_the_index_without_sorting_the_partition(store):
+    """On PostgreSQL the id column sorts as bytes (COLLATE "C"): under the database's collation the
+    index could not give byte order, and every read of 5000 sorted the whole partition."""
+    write(store, [page(n, upstream_id=f"id-{n:03}") for n in range(1, 8)])
+    reads = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "ORDER BY" in statement:
+            reads.append((statement, parameters))
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        assert len(list(store.iter_page_ids(M, D, chunk_rows=3))) == 7
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+    assert len(reads) == 3
+    with store.engine.connect() as conn:
+        plan = _query_plan(conn, *reads[-1])  # a later read: after the previous one's last id
+    assert not plan["sorted"], plan
+    assert "upstream_id" in plan["index_condition"], plan
+
+
+def _query_plan(conn, statement: str, parameters) -> dict:
+    """Whether the query sorts its rows, and the condition it looks up its index with."""
+    if conn.dialect.name == "sqlite":
+        steps = [detail for *_, detail in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+        (search,) = [step for step in steps if step.startswith("SEARCH")]
+        return {"sorted": any("TEMP B-TREE" in step for step in steps), "index_condition": search, "steps": steps}
+    conn.exec_driver_sql("SET enable_sort = off")  # a sort wins only if no index gives the order
+    (plan,) = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).scalar_one()
+    nodes = [plan["Plan"]]
+    for node in nodes:
+        nodes.extend(node.get("Plans", []))
+    scans = [node for node in nodes if "Index Cond" in node]
+    return {"sorted": any(node["Node Type"] == "Sort" for node in nodes),
+            "index_condition": " ".join(node["Index Cond"] for node in scans), "nodes": nodes}

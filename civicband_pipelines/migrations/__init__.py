@@ -16,7 +16,8 @@ Adding a revision (e.g. a `webhook_events` or `sync_leases` table):
    Keep it self-contained (no imports from schema.py: a revision freezes the schema of its time),
    and never edit a revision that has been released; add a new one instead.
 4. `test_migrations.py` then checks, on SQLite and PostgreSQL, that a database at every earlier
-   revision upgrades in place to head and that head matches `schema.metadata` exactly.
+   revision upgrades in place to head and that head matches `schema.metadata` exactly. Alembic does
+   not compare collations: a revision that changes one needs its own test (as 0007 has).
 """
 
 import functools

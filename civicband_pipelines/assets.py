@@ -96,8 +96,8 @@ def meeting_pages(
 def _changed_since_it_began(store, municipality: str, document_type: str) -> bool:
     """A webhook said upstream changed after the partition's (just completed) sync began, whatever run
     finished it (the webhook's, a continuation, the UI, the CLI). Not so when the sync was the webhook's
-    own (a run retry after kill -9 resumes it)."""
-    return store.changed_since(municipality, store.job(municipality, document_type)["started_at"])
+    own (a run retry after kill -9 resumes it), whose event was stored before the sync began."""
+    return store.changed_since(municipality, store.job(municipality, document_type)["started_after_event"] or 0)
 
 
 def report_dead_run(instance: dg.DagsterInstance, run_id: str, partition: str, resumed_by: str | None = None) -> None:

@@ -92,6 +92,9 @@ backfill_jobs = sa.Table(
     sa.Column("repair_attempts", sa.Integer, nullable=False, server_default="0"),  # resyncs since a check passed
     sa.Column("run_id", sa.String(64)),
     sa.Column("started_at", sa.DateTime(timezone=True)),
+    # The last webhook event stored when the sync began: changed events after it are news to the sync
+    # (ids, not received_at: the receiver's and the worker's clocks may differ).
+    sa.Column("started_after_event", sa.BigInteger),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     *_timestamps(),
     sa.UniqueConstraint("municipality", "document_type", name="uq_backfill_job_partition"),

@@ -200,7 +200,7 @@ def _missed_webhook_runs(instance: dg.DagsterInstance, store: MeetingStore, hand
         # syncs what changed since it began (assets).
         if event_id is None or event_id > handled or job["status"] == "running" or _paused_by_budget(job):
             continue
-        if job["started_at"] and as_utc(received_at) <= as_utc(job["started_at"]):
+        if job["started_after_event"] is not None and event_id <= job["started_after_event"]:
             continue  # a sync began after it
         key = f"missed-webhook-{event_id}-{as_utc(received_at):%Y%m%dT%H%M%S%f}"
         request = _sync_request(municipality, document_type, key, "webhook", mode="incremental", event=str(event_id))

@@ -140,10 +140,10 @@ class MeetingStore:
             query = sa.select(webhook_events).where(events.id > event_id).order_by(events.id).limit(limit)
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def changed_since(self, subdomain: str, moment: dt.datetime) -> bool:
-        """A webhook received after `moment` said upstream has something new for `subdomain`."""
+    def changed_since(self, subdomain: str, event_id: int) -> bool:
+        """A webhook stored after event `event_id` said upstream has something new for `subdomain`."""
         events = webhook_events.c
-        query = sa.select(events.id).where(events.subdomain == subdomain, events.changed, events.received_at > moment)
+        query = sa.select(events.id).where(events.subdomain == subdomain, events.changed, events.id > event_id)
         with self.engine.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
@@ -196,7 +196,7 @@ class MeetingStore:
                 empty = not self._has_pages(conn, municipality, document_type)
                 start = SyncStart(job.sync_generation + 1, None, False, mode, window if mode == "incremental" else None,
                                   fresh=empty, holder=holder)
-                values |= _fresh_sync_values(start)
+                values |= _fresh_sync_values(start, conn.execute(_LAST_EVENT).scalar_one())
             conn.execute(_job_update(municipality, document_type).values(**values))
             if job.status == "running" and job.run_id not in (None, run_id):
                 start = dataclasses.replace(start, dead_run_id=job.run_id)
@@ -485,12 +485,17 @@ def _check_lease(conn: sa.Connection, municipality: str, document_type: str, hol
         )
 
 
-def _fresh_sync_values(start: SyncStart) -> dict:
+# Webhook events commit in id order (record_webhook), so every event after this one is stored later.
+_LAST_EVENT = sa.select(sa.func.coalesce(sa.func.max(webhook_events.c.id), 0))
+
+
+def _fresh_sync_values(start: SyncStart, last_event: int) -> dict:
     counters = ("pages_fetched", "pages_created", "pages_updated", "pages_unchanged", "pages_deleted", "rejected_count")
     window_start, window_end = start.window or (None, None)
     return {
         "sync_generation": start.generation, "mode": start.mode, "window_start": window_start, "window_end": window_end,
-        "started_empty": start.fresh, "last_cursor": None, "started_at": utcnow(), "finished_at": None,
+        "started_empty": start.fresh, "last_cursor": None, "started_at": utcnow(), "started_after_event": last_event,
+        "finished_at": None,
     } | dict.fromkeys(counters, 0)
 
 

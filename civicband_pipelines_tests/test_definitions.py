@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from civicband_pipelines.assets import coverage_report
 from civicband_pipelines.definitions import defs
@@ -12,6 +13,7 @@ from civicband_pipelines.leases import WAIT_FOREVER
 from civicband_pipelines.naming import DOCUMENT_TYPES
 from civicband_pipelines.partitions import MUNICIPALITY, partition_key, partition_tags
 from civicband_pipelines.resources import CivicBandResource, MeetingStoreResource
+from civicband_pipelines.schema import webhook_events
 from civicband_pipelines.sensors import EVENTS_PER_TICK, MAX_REPAIRS, sync_followup_sensor, webhook_sensor
 
 from .test_verify import delete_local_pages
@@ -330,10 +332,15 @@ def _paused_sync_then_a_deploy(instance, resources, store, store_url, replica_ro
     return request
 
 
+@pytest.mark.parametrize("receiver_clock", ["the worker's", "an hour behind the worker's"])
 def test_a_webhook_run_that_resumes_a_sync_then_syncs_what_changed_behind_its_cursor(
-    instance, resources, store, store_url, replica_root, municipality
+    instance, resources, store, store_url, replica_root, municipality, receiver_clock
 ):
     request = _paused_sync_then_a_deploy(instance, resources, store, store_url, replica_root, municipality)
+    if receiver_clock != "the worker's":  # the webhook came after the sync began, by the receiver's clock before it
+        received_at = store.job(municipality, "agenda")["started_at"] - dt.timedelta(hours=1)
+        with store.writer.begin() as conn:
+            conn.execute(sa.update(webhook_events).values(received_at=received_at))
     result = run_job("meeting_pages_job", instance, resources, municipality, "agenda", request.run_config, request.tags)
     assert result.success and store.job(municipality, "agenda")["mode"] == "incremental"
     assert_equals_upstream(store, replica_root, municipality, "agenda")

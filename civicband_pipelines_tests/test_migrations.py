@@ -186,3 +186,17 @@ def test_postgresql_page_ids_sort_as_bytes_after_0007_whatever_the_database_s_co
 def _ids_in_order(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
         return conn.execute(sa.text("SELECT upstream_id FROM meeting_pages ORDER BY upstream_id")).scalars().all()
+
+
+def test_0008_gives_each_begun_sync_the_last_webhook_event_received_by_its_start(db_url, engine):
+    upgrade(db_url, "0007")
+    events = "INSERT INTO webhook_events (subdomain, action, changed, payload, received_at) VALUES ('oakland.ca', 'updated', :c, '{}', :t)"
+    jobs = "INSERT INTO backfill_jobs (municipality, document_type, started_at) VALUES ('oakland.ca', :d, :t)"
+    with engine.begin() as conn:
+        conn.execute(sa.text(events), [{"c": True, "t": "2026-01-01 10:00:00"}, {"c": False, "t": "2026-01-01 12:00:00"}])
+        conn.execute(sa.text(jobs), [{"d": "agenda", "t": "2026-01-01 11:00:00"}, {"d": "minutes", "t": None}])
+        first_event = conn.execute(sa.text("SELECT min(id) FROM webhook_events")).scalar_one()
+    upgrade(db_url)
+    with engine.connect() as conn:
+        started_after = dict(conn.execute(sa.text("SELECT document_type, started_after_event FROM backfill_jobs")).all())
+    assert started_after == {"agenda": first_event, "minutes": None}

@@ -278,8 +278,9 @@ def test_a_queued_sync_that_goes_on_from_a_cursor_does_not_stand_in_for_a_webhoo
     assert sorted(requested) == (sorted(partition_key("oakland.ca", d) for d in DOCUMENT_TYPES) if runs_requested else [])
 
 
+@pytest.mark.parametrize("receiver_clock", ["the worker's", "an hour ahead of the worker's"])
 def test_a_changed_webhook_whose_stand_in_run_was_canceled_gets_its_own_run_once(
-    instance, resources, store, store_url, replica_root, municipality
+    instance, resources, store, store_url, replica_root, municipality, receiver_clock
 ):
     instance.add_dynamic_partitions(MUNICIPALITY, [municipality])
     for document_type in DOCUMENT_TYPES:  # synced, then a UI run queued: it stands in for the webhook's
@@ -287,6 +288,10 @@ def test_a_changed_webhook_whose_stand_in_run_was_canceled_gets_its_own_run_once
         instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.NOT_STARTED,
                                        tags=partition_tags(municipality, document_type)))
     _, _, event_id = store.record_webhook(municipality, {"name": "Town", "pages": 1})
+    if receiver_clock != "the worker's":  # by the receiver's clock, the webhook is later than the sync it gets
+        (event,) = store.webhook_events_after(event_id - 1)
+        with store.writer.begin() as conn:
+            conn.execute(sa.update(webhook_events).values(received_at=event["received_at"] + dt.timedelta(hours=1)))
     assert _webhook_tick(instance, store_url).run_requests == []
     later_tick = lambda: _webhook_tick(instance, store_url, cursor=str(event_id)).run_requests or []  # noqa: E731
     assert later_tick() == []  # the stand-in is still queued

@@ -167,10 +167,11 @@ def _strict_json(field: str, value) -> str:
     if _nesting(value) > MAX_NESTING:
         raise Rejected(400, f"{field} is nested deeper than {MAX_NESTING} levels", field)
     try:
-        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")  # a lone surrogate only fails here: ensure_ascii=True would escape it
     except ValueError:  # UnicodeEncodeError is one
         raise Rejected(400, f"{field} holds a number out of range or a lone surrogate", field) from None
-    return json.dumps(value)
+    return text
 
 
 def _nesting(value) -> int:

@@ -91,6 +91,15 @@ def test_created_then_updated(http, wh_store):
     assert json.loads(events[1]["payload"])["pages"] == 175
 
 
+def test_popup_data_is_stored_as_json_text_that_reads_as_sent(http, wh_store):
+    popup = {"motto": "São Paulo — Cañon 東京", "tags": ["ü"]}
+    assert send(http, "saopaulo.br", OAKLAND | {"popup_data": popup}).status_code == 201
+    with wh_store.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT popup_data FROM municipalities WHERE subdomain = 'saopaulo.br'")).scalar()
+    assert stored == json.dumps(popup, ensure_ascii=False)  # readable to anyone querying the table
+    assert json.loads(stored) == popup
+
+
 @pytest.mark.parametrize("method", ["PUT", "POST"])
 @pytest.mark.parametrize("path", ["/munis/api/update/oakland.ca/", "/munis/api/update/oakland.ca"])
 @pytest.mark.parametrize("authorization", [f"Bearer {SECRET}", f"bearer {SECRET}", SECRET])

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick,
 
 from civicband_pipelines.store import MeetingStore
 
+from .pg_server import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "civicband_pipelines.definitions"
 BIN = Path(sys.executable).parent
@@ -47,12 +48,6 @@ SYNC_STEP = "meeting_pages"  # the step that holds the municipality lease while 
 BUSY = "Backfill already in progress for"  # MunicipalityBusy: the sync refused to start, did nothing
 BATCH_LOG = re.compile(r": batch \d+: ")  # sync.py logs this after each committed batch
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ def _autocommit(url: sa.URL) -> Iterator[sa.Connection]:
 
 
 def _launch(bin_dir: Path, root: Path) -> PostgresServer:
-    port = _free_port()
+    port = free_port()
     with open(root / "postgres.log", "ab") as log:
         process = subprocess.Popen(
             _as_server_user(bin_dir / "postgres", "-D", str(root / "data"), "-p", str(port),
@@ -180,7 +180,8 @@ def _wait_ready(server: PostgresServer) -> bool:
     raise TimeoutError(f"PostgreSQL not ready after {START_TIMEOUT:.0f}s; log:\n{_log_tail(server.root)}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free now on 127.0.0.1 (another process may take it before the caller binds it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -8,7 +8,6 @@ CIVICBAND_UPDATE_SCREENSHOTS=1 they replace the ones in docs/screenshots (used b
 
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from civicband_pipelines.naming import DOCUMENT_TYPES
 from civicband_pipelines.replica.generate import DEMO_MUNICIPALITIES
 from civicband_pipelines.store import MeetingStore
 
+from .pg_server import free_port
 from .upstream import assert_equals_upstream, expected_rejections, upstream_rows
 
 CHROMIUM = "/usr/bin/chromium"
@@ -60,7 +60,7 @@ def stack(tmp_path_factory):
     env.update(CIVICBAND_HTTP_TIMEOUT="10", CIVICBAND_HTTP_BACKOFF="0.1")
     with devstack.Stack(root, env) as running:
         devstack.start_replica(running)
-        ui = devstack.start_dagster(running, _free_port())
+        ui = devstack.start_dagster(running, free_port())
         devstack.register(running.env, [m.subdomain for m in DEMO_MUNICIPALITIES])
         running.ui = ui
         yield running
@@ -240,9 +240,3 @@ def _metadata(entry: dict) -> dict:
 
 def _tags(run: dict) -> dict:
     return {t["key"]: t["value"] for t in run["tags"]}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -200,6 +200,8 @@ def _missed_webhook_runs(instance: dg.DagsterInstance, store: MeetingStore, hand
         # syncs what changed since it began (assets).
         if event_id is None or event_id > handled or job["status"] == "running" or _paused_by_budget(job):
             continue
+        if job["sync_generation"] == 0:
+            continue  # no sync ever began (a verification's row): a canceled first backfill is left alone
         if job["started_after_event"] is not None and event_id <= job["started_after_event"]:
             continue  # a sync began after it
         key = f"missed-webhook-{event_id}-{as_utc(received_at):%Y%m%dT%H%M%S%f}"

@@ -152,11 +152,12 @@ def test_coverage_report_lists_every_partition_and_writes_csv(instance, resource
     instance.add_dynamic_partitions(MUNICIPALITY, [municipality, "added-in-the-ui.ca"])  # never in the store
     store.upsert_municipality(municipality, {})
     assert run_job("meeting_pages_job", instance, resources, municipality, "agenda").success
+    assert run_job("verify_job", instance, resources, municipality, "minutes").success  # counts, no sync
     result = dg.materialize([coverage_report], instance=instance, resources=resources)
     metadata = result.asset_materializations_for_node("coverage_report")[0].metadata
     rows = {(r.data["municipality"], r.data["document_type"]): r.data for r in metadata["coverage"].value.records}
     assert rows[(municipality, "agenda")]["status"] == "completed" and rows[(municipality, "agenda")]["missing"] == 0
-    assert rows[(municipality, "minutes")]["status"] == "never synced"
+    assert rows[(municipality, "minutes")]["status"] == "never synced" and rows[(municipality, "minutes")]["missing"] > 0
     assert {rows[("added-in-the-ui.ca", d)]["status"] for d in DOCUMENT_TYPES} == {"never synced"}
     csv = (tmp_path / "home" / "coverage.csv").read_text()
     assert csv.splitlines()[0] == "municipality,document_type,status,expected,actual,missing,check_passed,last_sync,last_verified"
@@ -315,6 +316,26 @@ def test_a_changed_webhook_whose_stand_in_run_was_canceled_gets_its_own_run_once
     assert store.job(municipality, "agenda")["mode"] == "incremental"
     assert_equals_upstream(store, replica_root, municipality, "agenda")
     assert later_tick() == []
+
+
+@pytest.mark.parametrize("history", ["nothing", "a verification"])
+def test_a_first_backfill_canceled_before_it_began_is_not_requested_again(instance, store, store_url, history):
+    # Verifying a partition never synced gives it a job row (its counts) with no sync begun: the
+    # missed-webhook rule must not read that as "a sync that gave up".
+    _, _, event_id = store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 10})
+    first = _webhook_tick(instance, store_url).run_requests
+    assert sorted(r.tags["civicband/mode"] for r in first) == ["full"] * len(DOCUMENT_TYPES)
+    instance.add_dynamic_partitions(MUNICIPALITY, ["oakland.ca"])
+    for document_type in DOCUMENT_TYPES:  # canceled in the queue, before their syncs began
+        (request,) = [r for r in first if r.partition_key == partition_key("oakland.ca", document_type)]
+        tags = partition_tags("oakland.ca", document_type) | {
+            "dagster/run_key": request.run_key, "dagster/sensor_name": "webhook_sensor"}
+        instance.add_run(dg.DagsterRun(job_name="meeting_pages_job", status=dg.DagsterRunStatus.CANCELED, tags=tags))
+    if history == "a verification":
+        for document_type in DOCUMENT_TYPES:
+            store.record_verification("oakland.ca", document_type, 10, 0, False, dt.datetime.now(dt.timezone.utc))
+        assert all(store.job("oakland.ca", d)["sync_generation"] == 0 for d in DOCUMENT_TYPES)
+    assert _webhook_tick(instance, store_url, cursor=str(event_id)).run_requests == []
 
 
 def _paused_sync_then_a_deploy(instance, resources, store, store_url, replica_root, municipality):

@@ -201,8 +201,18 @@ def _cli_env(env: dict) -> str:
     return " ".join(f"{name}={shlex.quote(env[name])}" for name in names)
 
 
+def require_datasette() -> None:
+    """The replica is Datasette, in the `test` extra (a plain `pip install .` serves no replica)."""
+    try:
+        import datasette  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: the local civic.band replica needs Datasette, from the project's test extra: "
+                         "pip install -e '.[test]' (scripts/demo installs it)") from None
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    require_datasette()  # before building anything in DIR
     root = args.dir.resolve()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us as Ctrl-C does
     env = prepare(root)

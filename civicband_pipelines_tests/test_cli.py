@@ -224,6 +224,24 @@ def test_dev_refuses_a_port_it_could_not_wait_for(cli_env):
 
 
 @SQLITE_ONLY
+def test_dev_without_datasette_says_which_extra_to_install(cli_env, tmp_path):
+    # As after a plain `pip install .`: importing datasette fails.
+    code = "import sys; sys.modules['datasette'] = None; from civicband_pipelines.cli import main; sys.exit(main())"
+    dev = subprocess.Popen([sys.executable, "-c", code, "dev", "--dir", str(tmp_path / "dev"), "--port", str(free_port()),
+                            "--webhook-port", str(free_port())], env=cli_env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = dev.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # it started the stack after all: SIGTERM stops it and its children
+        dev.terminate()
+        _, stderr = dev.communicate(timeout=60)
+    assert dev.returncode == 1 and "Traceback" not in stderr, stderr
+    assert stderr.strip() == ("error: the local civic.band replica needs Datasette, from the project's test extra: "
+                              "pip install -e '.[test]' (scripts/demo installs it)")
+    assert not (tmp_path / "dev").exists()
+
+
+@SQLITE_ONLY
 def test_unknown_and_invalid_subdomains_get_clear_errors(cli_env):
     unknown = civicband(cli_env, "backfill", "--subdomain=nowhere.zz")
     assert unknown.returncode == 2 and "no such municipality on civic.band: 'nowhere.zz'" in unknown.stderr

@@ -200,10 +200,10 @@ def _missed_webhook_runs(instance: dg.DagsterInstance, store: MeetingStore, hand
         # syncs what changed since it began (assets).
         if event_id is None or event_id > handled or job["status"] == "running" or _paused_by_budget(job):
             continue
-        if job["sync_generation"] == 0:
-            continue  # no sync ever began (a verification's row): a canceled first backfill is left alone
-        if job["started_after_event"] is not None and event_id <= job["started_after_event"]:
-            continue  # a sync began after it
+        # Set when a sync begins: None for a row no sync began (a verification's), whose canceled first
+        # backfill is left alone.
+        if job["started_after_event"] is None or event_id <= job["started_after_event"]:
+            continue  # no sync began, or one began after it
         key = f"missed-webhook-{event_id}-{as_utc(received_at):%Y%m%dT%H%M%S%f}"
         request = _sync_request(municipality, document_type, key, "webhook", mode="incremental", event=str(event_id))
         if not _pending_syncs(instance, municipality, document_type, _UNFINISHED) and not _run_key_used(instance, request.run_key, webhook_sensor.name):

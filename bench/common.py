@@ -6,7 +6,6 @@ import contextlib
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -56,12 +55,6 @@ def tree_cpu_seconds(pid: int) -> float:
         elif int(fields[1]) == pid:
             total += own
     return total / tick
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_group(cmd: list[str], log_path: Path, env: dict | None = None, cwd: Path = REPO) -> subprocess.Popen:

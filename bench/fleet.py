@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-from common import REPO, VENV_BIN, free_port, start_group, stop_group, wait_until
+from common import REPO, VENV_BIN, start_group, stop_group, wait_until
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
@@ -33,6 +33,7 @@ from civicband_pipelines.partitions import MUNICIPALITY, partition_key
 from civicband_pipelines.store import MeetingStore
 from civicband_pipelines.sync import sync_partition
 from civicband_pipelines.verify import verify_counts
+from civicband_pipelines_tests.pg_server import free_port
 
 JOB = "meeting_pages_job"
 PARTITION_SET = f"{JOB}_partition_set"

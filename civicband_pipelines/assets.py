@@ -23,7 +23,7 @@ PROCESS_TAG = "civicband/process"  # host:pid of the `civicband` command that ru
 
 class SyncConfig(dg.Config):
     batch_size: int | None = pydantic.Field(None, ge=1, le=MAX_BATCH_SIZE, description=BATCH_SIZE_HELP)
-    restart: bool = pydantic.Field(False, description="Ignore the saved cursor and start a new sync.")
+    restart: bool = pydantic.Field(False, description="Ignore the saved cursor and start a new sync (a retry of this run resumes the sync it began).")
     mode: Literal["full", "incremental"] = pydantic.Field(
         "full", description="full: the whole table; incremental: meeting dates within window_days of today."
     )
@@ -75,6 +75,7 @@ def meeting_pages(
                     trigger=trigger,
                     lease_wait=config.lease_wait_seconds,
                     run_id=context.run_id,
+                    retry_of=context.run.parent_run_id,  # a run retry (or re-execution) of a restart resumes it
                     on_dead_run=lambda dead: report_dead_run(context.instance, dead, context.partition_key, resumed_by=context.run_id),
                     log=context.log,
                 )

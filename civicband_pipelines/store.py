@@ -172,9 +172,12 @@ class MeetingStore:
         mode: str = "full",
         window: tuple[dt.date, dt.date] | None = None,
         holder: str | None = None,
+        retry_of: str | None = None,
     ) -> SyncStart:
         """Resume the partition's unfinished sync (in its own mode) at its saved cursor, or begin a new one.
 
+        `restart` begins a new one, unless the unfinished sync is that of run `retry_of` (the run this
+        one retries, with the same config): a retry of a crashed restart resumes what the restart began.
         An incremental sync of a partition that never completed a full sync becomes a full sync.
         """
         with self.writer.begin() as conn:
@@ -186,7 +189,8 @@ class MeetingStore:
                 self._insert_job(conn, municipality, document_type)
                 job = self._job_row(conn, municipality, document_type)
             values = {"status": "running", "run_id": run_id, "last_error": None, "updated_at": utcnow()}
-            if job.status in RESUMED_STATUSES and job.sync_generation > 0 and not restart:
+            own = retry_of is not None and job.run_id == retry_of
+            if job.status in RESUMED_STATUSES and job.sync_generation > 0 and (own or not restart):
                 saved_window = (job.window_start, job.window_end) if job.mode == "incremental" else None
                 start = SyncStart(job.sync_generation, job.last_cursor, job.last_cursor is not None, job.mode, saved_window,
                                   fresh=bool(job.started_empty), holder=holder)

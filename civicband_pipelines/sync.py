@@ -87,6 +87,7 @@ def sync_partition(
     trigger: str = "cli",
     lease_wait: float = 0.0,
     run_id: str | None = None,
+    retry_of: str | None = None,
     on_dead_run: Callable[[str], None] | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> SyncResult:
@@ -100,7 +101,8 @@ def sync_partition(
     municipality's lease throughout: waits up to `lease_wait` seconds while another sync has it, then
     raises MunicipalityBusy. Each batch of `batch_size` rows (default: the store's; fetched in pages
     of at most MAX_PAGE_SIZE) is committed with the cursor after it. Resuming a sync whose process
-    died, it calls `on_dead_run` with that sync's run id.
+    died, it calls `on_dead_run` with that sync's run id. A retry of run `retry_of` resumes that
+    run's sync, even with `restart`.
     """
     validate_subdomain(municipality)
     validate_document_type(document_type)
@@ -114,7 +116,7 @@ def sync_partition(
     with MunicipalityLease(store, municipality, owner, wait=lease_wait, log=log) as lease:
         start = store.start_sync(
             municipality, document_type, restart=restart, run_id=run_id, mode=mode, window=_window(window_days),
-            holder=lease.holder,
+            holder=lease.holder, retry_of=retry_of,
         )
         result = SyncResult(municipality, document_type, mode=start.mode, generation=start.generation)
         if start.dead_run_id and on_dead_run:
@@ -138,13 +140,9 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
     page_size = -(-batch_size // pages_per_batch)  # 4000 -> 4 pages of 1000, 1500 -> 2 of 750
     # A batch's worth of pages ahead: upstream keeps answering while the previous batch commits.
     depth = max(PREFETCH_PAGES, pages_per_batch)
-    # Upstream scans for a filter (a window): ranges of ids keep each request's scan short. Sized by
-    # upstream too, which can have grown far beyond the local copy (an archive loaded, out of the window).
-    id_ranges = 1
-    if start.filters:
-        id_ranges = client.id_ranges_for(max(store.count_pages(municipality, document_type), client.count(municipality, document_type)))
-    pages = prefetched_pages(client, municipality, document_type, page_size, start.cursor, start.filters, depth, id_ranges)
     try:
+        id_ranges = _id_ranges(client, store, start, municipality, document_type)  # may fail like a fetch
+        pages = prefetched_pages(client, municipality, document_type, page_size, start.cursor, start.filters, depth, id_ranges)
         with contextlib.closing(pages):  # the prefetch thread stops however this ends
             out_of_time = _land(_batches(pages, pages_per_batch), store, start, result, time_budget, log)
     except Exception as error:
@@ -160,6 +158,14 @@ def _run(client, store, start, result: SyncResult, batch_size: int, time_budget:
         store.stop_sync(municipality, document_type, start, "paused", f"{BUDGET_PAUSE} of {time_budget:g} s reached")
     else:
         result.status = "completed"
+
+
+def _id_ranges(client, store, start, municipality: str, document_type: str) -> int:
+    """Upstream scans for a filter (a window): ranges of ids keep each request's scan short. Sized by
+    upstream too, which can have grown far beyond the local copy (an archive loaded, out of the window)."""
+    if not start.filters:
+        return 1
+    return client.id_ranges_for(max(store.count_pages(municipality, document_type), client.count(municipality, document_type)))
 
 
 @dataclass

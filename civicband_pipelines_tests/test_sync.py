@@ -130,6 +130,32 @@ def test_restart_ignores_the_saved_cursor(client, store, replica, replica_root, 
     assert_equals_upstream(store, replica_root, municipality, "agenda")
 
 
+@pytest.mark.parametrize("retry_of, resumes", [("restart-run", True), ("another-run", False), (None, False)])
+def test_a_retry_of_a_restart_resumes_the_sync_the_restart_began(client, store, replica, replica_root, municipality, retry_of, resumes):
+    total = len(upstream_rows(replica_root, municipality, "agenda"))
+    sync_partition(client, store, municipality, "agenda", batch_size=20)
+    with pytest.raises(Exception, match="HTTP 500"):
+        sync_partition(client, store, municipality, "agenda", batch_size=20, restart=True, run_id="restart-run",
+                       log=_BreakUpstreamAfter(replica, 2))
+    broken = store.job(municipality, "agenda")
+    replica.clear_faults()
+    # Dagster retries a run with its run config, so the retry asks for a restart too.
+    retry = sync_partition(client, store, municipality, "agenda", batch_size=20, restart=True, run_id="retry", retry_of=retry_of)
+    assert (retry.resumed_from, retry.generation) == ((broken["last_cursor"], 2) if resumes else (None, 3))
+    assert retry.fetched == (total - broken["pages_fetched"] if resumes else total)
+    assert_equals_upstream(store, replica_root, municipality, "agenda")
+
+
+def test_an_incremental_sync_that_cannot_count_upstream_fails_with_the_error(client, store, replica, municipality):
+    sync_partition(client, store, municipality, "agenda", batch_size=20)
+    # An incremental sync first counts upstream (to size its ranges of ids), before any page.
+    replica.set_faults(rate=1.0, kinds=["error_500"])
+    with pytest.raises(Exception, match="HTTP 500"):
+        sync_partition(client, store, municipality, "agenda", batch_size=20, mode="incremental")
+    job = store.job(municipality, "agenda")
+    assert job["status"] == "failed" and "HTTP 500" in job["last_error"]
+
+
 def _page_sizes(replica, subdomain: str) -> list[int]:
     """The `_size` of every table page the replica was asked for, for this municipality."""
     pages = [p for p in replica.fault_stats()["table_page_requests"] if p.get("subdomain") == subdomain]

@@ -196,19 +196,27 @@ def _missed_webhook_runs(instance: dg.DagsterInstance, store: MeetingStore, hand
     for job in store.jobs():
         municipality, document_type = job["municipality"], job["document_type"]
         event_id, received_at = changes.get(municipality, (None, None))
-        # A sync paused by its budget is continued (sync_followup_sensor), and the run that completes it
-        # syncs what changed since it began (assets).
-        if event_id is None or event_id > handled or job["status"] == "running" or _paused_by_budget(job):
+        if event_id is None or event_id > handled or not _missed(job, event_id):
             continue
-        # Set when a sync begins: None for a row no sync began (a verification's), whose canceled first
-        # backfill is left alone.
-        if job["started_after_event"] is None or event_id <= job["started_after_event"]:
-            continue  # no sync began, or one began after it
         key = f"missed-webhook-{event_id}-{as_utc(received_at):%Y%m%dT%H%M%S%f}"
         request = _sync_request(municipality, document_type, key, "webhook", mode="incremental", event=str(event_id))
-        if not _pending_syncs(instance, municipality, document_type, _UNFINISHED) and not _run_key_used(instance, request.run_key, webhook_sensor.name):
+        if _pending_syncs(instance, municipality, document_type, _UNFINISHED) or _run_key_used(instance, request.run_key, webhook_sensor.name):
+            continue
+        # Read again after the runs: one may have synced the partition and finished since store.jobs().
+        if _missed(store.job(municipality, document_type), event_id):
             requests.append(request)
     return requests
+
+
+def _missed(job: dict, event_id: int) -> bool:
+    """No sync of the partition is under way or began after changed webhook `event_id`, though one did before."""
+    # A sync paused by its budget is continued (sync_followup_sensor), and the run that completes it
+    # syncs what changed since it began (assets).
+    if job["status"] == "running" or _paused_by_budget(job):
+        return False
+    # Set when a sync begins: None for a row no sync began (a verification's), whose canceled first
+    # backfill is left alone.
+    return job["started_after_event"] is not None and event_id > job["started_after_event"]
 
 
 def _sync_request(municipality: str, document_type: str, key: str, trigger: str, *, mode: str, restart: bool = False, event: str | None = None) -> dg.RunRequest:

@@ -194,6 +194,8 @@ class MeetingStore:
                 saved_window = (job.window_start, job.window_end) if job.mode == "incremental" else None
                 start = SyncStart(job.sync_generation, job.last_cursor, job.last_cursor is not None, job.mode, saved_window,
                                   fresh=bool(job.started_empty), holder=holder)
+                if job.last_cursor is None:  # none of it committed: it begins now, after the webhooks stored so far
+                    values["started_after_event"] = conn.execute(_LAST_EVENT).scalar_one()
             else:
                 if mode == "incremental" and job.full_synced_at is None:
                     mode, window = "full", None

@@ -7,6 +7,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from civicband_pipelines import sensors
 from civicband_pipelines.assets import coverage_report
 from civicband_pipelines.definitions import defs
 from civicband_pipelines.leases import WAIT_FOREVER
@@ -335,6 +336,42 @@ def test_a_first_backfill_canceled_before_it_began_is_not_requested_again(instan
         for document_type in DOCUMENT_TYPES:
             store.record_verification("oakland.ca", document_type, 10, 0, False, dt.datetime.now(dt.timezone.utc))
         assert all(store.job("oakland.ca", d)["sync_generation"] == 0 for d in DOCUMENT_TYPES)
+    assert _webhook_tick(instance, store_url, cursor=str(event_id)).run_requests == []
+
+
+WINDOW = (dt.date(2020, 1, 1), dt.date(2030, 12, 31))
+
+
+def _completed_sync(store, run_id: str, **kwargs) -> None:
+    """A sync of oakland.ca/agenda begun and completed (upstream empty: one last batch)."""
+    start = store.start_sync("oakland.ca", "agenda", restart=False, run_id=run_id, **kwargs)
+    store.write_batch("oakland.ca", "agenda", start, [], [], None)
+
+
+def test_a_sync_resumed_before_its_first_batch_covers_the_webhooks_before_it(instance, store, store_url):
+    store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 1})
+    _completed_sync(store, "first")
+    store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 2})
+    failed = store.start_sync("oakland.ca", "agenda", restart=False, run_id="failed", mode="incremental", window=WINDOW)
+    store.stop_sync("oakland.ca", "agenda", failed, "failed", "UpstreamError: down")  # before its first batch
+    _, _, event_id = store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 3})
+    # The later deploy's run resumes that sync, from the first page since nothing of it was committed,
+    # so after the deploy: nothing is missed.
+    _completed_sync(store, "later", mode="incremental", window=WINDOW)
+    assert _webhook_tick(instance, store_url, cursor=str(event_id)).run_requests == []
+
+
+def test_a_run_that_syncs_while_the_sensor_looks_for_missed_webhooks_is_not_missed(instance, store, store_url, monkeypatch):
+    store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 1})
+    _completed_sync(store, "first")
+    _, _, event_id = store.record_webhook("oakland.ca", {"name": "Oakland", "pages": 2})
+    pending_syncs = sensors._pending_syncs
+
+    def the_webhook_run_syncs_meanwhile(*args):  # after the sensor read the jobs, before it asks for runs
+        _completed_sync(store, "webhook", mode="incremental", window=WINDOW)
+        return pending_syncs(*args)  # and it has finished
+
+    monkeypatch.setattr(sensors, "_pending_syncs", the_webhook_run_syncs_meanwhile)
     assert _webhook_tick(instance, store_url, cursor=str(event_id)).run_requests == []
 
 

@@ -29,8 +29,8 @@ def coverage_frame(store: MeetingStore, partitions: Iterable[str] = ()) -> pd.Da
     )
     frame = partitions.merge(jobs, how="outer", on=["municipality", "document_type"])
     frame = frame.merge(rejected, how="left", on=["municipality", "document_type"])
-    # `pending`: a job row that holds only a verification; no sync began either
-    frame["status"] = frame["status"].fillna("pending").replace("pending", "never synced")
+    # No job row, or one that holds only a verification (`pending`): no sync began.
+    frame["status"] = frame["status"].fillna("never synced").replace("pending", "never synced")
     frame["missing"] = (frame["expected_count"] - frame["rejected"].fillna(0) - frame["actual_count"]).astype("Int64")
     frame = frame.rename(columns={
         "expected_count": "expected", "actual_count": "actual", "verified_ok": "check_passed", "finished_at": "last_sync",

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Datasette replica (with its fault proxy) and real stores (SQLite, PostgreSQL)."""
+"""Shared fixtures: a real Datasette replica (with its fault proxy), real stores (SQLite, PostgreSQL) and an
+ephemeral Dagster instance with the project's resources."""
 
 import contextlib
 import datetime as dt
@@ -8,12 +9,16 @@ import threading
 import time
 import warnings
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 
 from civicband_pipelines.client import CivicBandClient
 from civicband_pipelines.config import ClientSettings
+from civicband_pipelines.definitions import defs
+from civicband_pipelines.partitions import partition_tags
 from civicband_pipelines.replica.generate import build_municipality
+from civicband_pipelines.resources import CivicBandResource, MeetingStoreResource
 from civicband_pipelines.schema import sync_waits
 from civicband_pipelines.store import MeetingStore
 
@@ -112,6 +117,27 @@ def client_settings(replica) -> ClientSettings:
 def client(client_settings):
     with CivicBandClient(client_settings) as client:
         yield client
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIVICBAND_HOME", str(tmp_path / "home"))
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def resources(client_settings, store_url):
+    return {"civicband": CivicBandResource(base_url=client_settings.base_url, timeout=client_settings.timeout),
+            "meeting_store": MeetingStoreResource(database_url=store_url)}
+
+
+def run_job(name, instance, resources, municipality, document_type, run_config=None, tags=None):
+    job = defs.resolve_job_def(name)
+    return job.execute_in_process(
+        instance=instance, resources=resources, run_config=run_config or {},
+        tags=(tags or {}) | partition_tags(municipality, document_type), raise_on_error=False,
+    )
 
 
 @pytest.fixture(scope="session")
